@@ -1,0 +1,2 @@
+//! mediafs: a FUSE filesystem that mounts a shared media store.
+pub mod store;

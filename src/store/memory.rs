@@ -1,0 +1,173 @@
+//! An in-memory store for unit tests of the core. Not a backend users mount:
+//! it forgets everything when the process ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{
+    Attrs, DirMeta, GetResult, ListPage, Node, ObjectMeta, Store, StoreError, StoreResult,
+};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    files: Mutex<BTreeMap<String, (Bytes, ObjectMeta)>>,
+    dirs: Mutex<BTreeSet<String>>,
+    next_version: AtomicU64,
+    /// Counts GETs, so tests can prove a read was served from the cache.
+    pub gets: AtomicUsize,
+    /// When set, every put fails (a store that is down for writes).
+    pub fail_puts: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Write an object directly, as another host would.
+    pub fn insert(&self, key: &str, data: &[u8]) -> ObjectMeta {
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: data.len() as u64,
+            version: format!("v{}", self.next_version.fetch_add(1, Ordering::Relaxed)),
+            modified: SystemTime::now(),
+            attrs: Attrs::default(),
+        };
+        self.files
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (Bytes::copy_from_slice(data), meta.clone()));
+        meta
+    }
+
+    pub fn contents(&self, key: &str) -> Option<Vec<u8>> {
+        self.files.lock().unwrap().get(key).map(|(b, _)| b.to_vec())
+    }
+
+    fn under(prefix: &str, key: &str) -> bool {
+        key.starts_with(prefix)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        Ok(self.files.lock().unwrap().get(key).map(|(_, m)| m.clone()))
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<Node>> {
+        if let Some(m) = self.head(key).await? {
+            return Ok(Some(Node::File(m)));
+        }
+        let prefix = format!("{key}/");
+        let is_dir = key.is_empty()
+            || self.dirs.lock().unwrap().contains(key)
+            || self.files.lock().unwrap().keys().any(|k| Self::under(&prefix, k))
+            || self.dirs.lock().unwrap().iter().any(|k| Self::under(&prefix, k));
+        Ok(is_dir.then(|| {
+            Node::Dir(DirMeta { key: key.to_string(), modified: None, attrs: Attrs::default() })
+        }))
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_none_match: Option<&str>,
+    ) -> StoreResult<GetResult> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let (data, meta) = self.files.lock().unwrap().get(key).cloned().ok_or(StoreError::NotFound)?;
+        if if_none_match == Some(meta.version.as_str()) {
+            return Ok(GetResult::NotModified);
+        }
+        let data = match range {
+            Some(r) => data.slice(r.start.min(meta.size) as usize..r.end.min(meta.size) as usize),
+            None => data,
+        };
+        // Several chunks, so readers see a download in progress.
+        let chunks: Vec<StoreResult<Bytes>> =
+            data.chunks(4096).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Ok(GetResult::Body { meta, body: futures::stream::iter(chunks).boxed() })
+    }
+
+    async fn put(&self, key: &str, src: &Path, attrs: &Attrs) -> StoreResult<ObjectMeta> {
+        if self.fail_puts.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("memory store set to fail".into()));
+        }
+        let data = std::fs::read(src).map_err(|e| StoreError::from_io(e, key))?;
+        let mut meta = self.insert(key, &data);
+        meta.attrs = attrs.clone();
+        self.files.lock().unwrap().get_mut(key).unwrap().1 = meta.clone();
+        Ok(meta)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.files.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, delimiter: bool, token: Option<String>) -> StoreResult<ListPage> {
+        let _ = token; // one page holds everything
+        let mut page = ListPage::default();
+        let mut subdirs = BTreeSet::new();
+        for (k, (_, m)) in self.files.lock().unwrap().iter() {
+            let Some(rest) = k.strip_prefix(prefix) else { continue };
+            match rest.split_once('/') {
+                Some((d, _)) if delimiter => {
+                    subdirs.insert(d.to_string());
+                }
+                _ => page.files.push(m.clone()),
+            }
+        }
+        if delimiter {
+            for k in self.dirs.lock().unwrap().iter() {
+                if let Some(rest) = k.strip_prefix(prefix) {
+                    subdirs.insert(rest.split('/').next().unwrap().to_string());
+                }
+            }
+        }
+        page.dirs = subdirs
+            .into_iter()
+            .map(|d| DirMeta { key: format!("{prefix}{d}"), modified: None, attrs: Attrs::default() })
+            .collect();
+        Ok(page)
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<ObjectMeta> {
+        let (data, meta) = self.files.lock().unwrap().get(from).cloned().ok_or(StoreError::NotFound)?;
+        let mut new = self.insert(to, &data);
+        new.attrs = meta.attrs;
+        self.files.lock().unwrap().get_mut(to).unwrap().1 = new.clone();
+        Ok(new)
+    }
+
+    async fn create_dir(&self, key: &str, _attrs: &Attrs) -> StoreResult<()> {
+        self.dirs.lock().unwrap().insert(key.to_string());
+        Ok(())
+    }
+
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        self.dirs.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn set_attrs(&self, key: &str, attrs: &Attrs) -> StoreResult<Option<ObjectMeta>> {
+        let mut files = self.files.lock().unwrap();
+        Ok(files.get_mut(key).map(|(_, m)| {
+            m.attrs = m.attrs.merged(attrs);
+            m.clone()
+        }))
+    }
+}
