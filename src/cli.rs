@@ -1,0 +1,166 @@
+//! Command-line interface (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mediafs",
+    version,
+    about = "Mount a shared media store (local directory, S3) as a normal directory",
+    long_about = "mediafs mounts a shared media store as a directory. Reads are served \
+through a local disk cache; writes reach the store before close() returns."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "MEDIAFS_LOG_LEVEL")]
+    pub log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount STORE at MOUNTPOINT.
+    Mount(MountArgs),
+    /// Unmount a mediafs mount.
+    Unmount {
+        mountpoint: PathBuf,
+        /// Detach now even if files are open (umount -l).
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Inspect or empty a cache directory (not in use by a mount).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Files and bytes held.
+    Stats {
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
+    /// Delete every cached file (never touches unsaved staging files).
+    Clear {
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// The store: a directory (/srv/media or file:///srv/media).
+    pub store: String,
+    /// Where to mount it (an existing directory).
+    pub mountpoint: PathBuf,
+
+    /// Local cache directory (created with mode 0700).
+    #[arg(long, default_value = "/var/cache/mediafs")]
+    pub cache_dir: PathBuf,
+    /// Cache bound, e.g. 512M, 20G.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Seconds a lookup, attribute or listing is trusted; 0 = ask the store on
+    /// every open.
+    #[arg(long, default_value_t = 5)]
+    pub metadata_ttl: u64,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users use the mount (permissions are still enforced).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Owner for files whose store keeps none (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group for files whose store keeps none (default: the mounting group).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Mode (octal) for files whose store keeps none.
+    #[arg(long, default_value = "644", value_parser = parse_mode)]
+    pub file_mode: u32,
+    /// Mode (octal) for directories whose store keeps none.
+    #[arg(long, default_value = "755", value_parser = parse_mode)]
+    pub dir_mode: u32,
+    /// Go to the background once the mount is ready.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// S3 region (else AWS_REGION).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3 path-style addressing (http://host/bucket/key).
+    #[arg(long)]
+    pub path_style: bool,
+    /// Profile in the AWS shared credentials file.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+/// "512M", "20G", "1T", "4096" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use e.g. 512M or 20G"))?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K, M, G or T")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 644"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert!(parse_mode("9").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+}

@@ -1,0 +1,588 @@
+//! File contents: open, create, read, write, flush (write-through), release,
+//! truncate and attributes.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use super::inode::Kind;
+use super::staging::Staged;
+use super::{Attr, Core, FsError, FsResult, Handle};
+use crate::cache::Download;
+use crate::store::{Attrs, ObjectMeta};
+
+/// Where a read handle gets its bytes.
+pub enum ReadSource {
+    /// Write-only, or reads go to the inode's staging file.
+    None,
+    /// A complete cache entry.
+    Cached(File),
+    /// A download still running (or finished) into the cache.
+    Download(Arc<Download>),
+    /// A zero-byte object: nothing to fetch.
+    Empty,
+}
+
+pub struct OpenReply {
+    pub fh: u64,
+    /// The kernel may keep its page cache: the version is the one it last saw.
+    pub keep_cache: bool,
+    /// A complete local file holding the bytes, for FUSE passthrough.
+    pub backing: Option<File>,
+}
+
+/// How many times an open retries when the object changes under it.
+const OPEN_RETRIES: usize = 3;
+
+impl Core {
+    /// The store version of a file, revalidated if older than the TTL.
+    async fn current_object(&self, ino: u64) -> FsResult<Option<ObjectMeta>> {
+        let (path, stale) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino).ok_or(FsError::NotFound)?;
+            if i.has_local_state() || self.fresh(i.validated) {
+                return Ok(i.object.clone());
+            }
+            (i.path.clone(), i.object.clone())
+        };
+        match self.store.head(&path).await? {
+            Some(meta) => {
+                if stale.as_ref().is_some_and(|s| s.version != meta.version) {
+                    tracing::debug!(key = %path, "changed in the store; will read the new version");
+                }
+                self.record(&path, &crate::store::Node::File(meta.clone()));
+                Ok(Some(meta))
+            }
+            None => {
+                self.missing.invalidate(&path);
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    /// Forget a version that turned out to be outdated, so the next look asks
+    /// the store again.
+    fn mark_stale(&self, ino: u64) {
+        if let Some(i) = self.inodes.lock().unwrap().get_mut(ino) {
+            i.validated = Instant::now() - self.cfg.ttl - std::time::Duration::from_secs(1);
+        }
+    }
+
+    fn register(&self, ino: u64, handle: Handle) -> u64 {
+        let fh = self.new_fh();
+        if let Some(i) = self.inodes.lock().unwrap().get_mut(ino) {
+            i.open += 1;
+        }
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<OpenReply> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0;
+        let append = flags & libc::O_APPEND != 0;
+        if self.path_of(ino)?.1 == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if write {
+            self.check_writable()?;
+            let staged = self.stage(ino, truncate).await?;
+            staged.writers.fetch_add(1, Ordering::AcqRel);
+            let fh = self.register(
+                ino,
+                Handle {
+                    ino,
+                    write: true,
+                    append,
+                    source: ReadSource::None,
+                    staged: Some(staged),
+                },
+            );
+            return Ok(OpenReply {
+                fh,
+                keep_cache: false,
+                backing: None,
+            });
+        }
+        if self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .is_some_and(|i| i.staged.is_some())
+        {
+            let fh = self.register(
+                ino,
+                Handle {
+                    ino,
+                    write: false,
+                    append: false,
+                    source: ReadSource::None,
+                    staged: None,
+                },
+            );
+            return Ok(OpenReply {
+                fh,
+                keep_cache: false,
+                backing: None,
+            });
+        }
+        let mut attempt = 0;
+        let (meta, source) = loop {
+            attempt += 1;
+            let meta = self.current_object(ino).await?.ok_or(FsError::NotFound)?;
+            match self.source_for(&meta).await {
+                Ok(source) => break (meta, source),
+                Err(FsError::Stale) if attempt < OPEN_RETRIES => {
+                    self.mark_stale(ino);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let backing = match &source {
+            ReadSource::Cached(f) => f.try_clone().ok(),
+            _ => None,
+        };
+        let keep_cache = {
+            let mut t = self.inodes.lock().unwrap();
+            let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            let same = i.kernel_version.as_deref() == Some(meta.version.as_str());
+            i.kernel_version = Some(meta.version.clone());
+            same
+        };
+        let fh = self.register(
+            ino,
+            Handle {
+                ino,
+                write: false,
+                append: false,
+                source,
+                staged: None,
+            },
+        );
+        Ok(OpenReply {
+            fh,
+            keep_cache,
+            backing,
+        })
+    }
+
+    /// Bytes of `meta`: from the cache, or a (shared) download into it.
+    async fn source_for(&self, meta: &ObjectMeta) -> FsResult<ReadSource> {
+        if meta.size == 0 {
+            return Ok(ReadSource::Empty);
+        }
+        if let Some(f) = self.cache.open_entry(meta) {
+            return Ok(ReadSource::Cached(f));
+        }
+        let dl = self.cache.fetch(&self.store, meta)?;
+        dl.started().await?;
+        Ok(ReadSource::Download(dl))
+    }
+
+    /// The inode's staging file, made (and filled with the current bytes unless
+    /// truncating) if there is none yet.
+    async fn stage(&self, ino: u64, truncate: bool) -> FsResult<Arc<Staged>> {
+        let _one_at_a_time = self.stage_lock.lock().await;
+        let (path, existing, local_only) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino).ok_or(FsError::NotFound)?;
+            (i.path.clone(), i.staged.clone(), i.local_only)
+        };
+        if let Some(staged) = existing {
+            if truncate {
+                let _excl = staged.lock.write().await;
+                staged.truncate(0)?;
+            }
+            return Ok(staged);
+        }
+        let staged = Arc::new(Staged::create(&self.staging_dir, &path)?);
+        if truncate || local_only {
+            staged.set_dirty(true);
+        } else if let Err(e) = self.fill_staged(ino, &staged).await {
+            staged.discard();
+            return Err(e);
+        }
+        let mut t = self.inodes.lock().unwrap();
+        let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        i.staged = Some(staged.clone());
+        Ok(staged)
+    }
+
+    /// Copy the file's current bytes into a new staging file.
+    async fn fill_staged(&self, ino: u64, staged: &Staged) -> FsResult<()> {
+        let Some(meta) = self.current_object(ino).await? else {
+            return Ok(());
+        };
+        if meta.size == 0 {
+            return Ok(());
+        }
+        let src = match self.cache.open_entry(&meta) {
+            Some(f) => f,
+            None => {
+                let dl = self.cache.fetch(&self.store, &meta)?;
+                dl.complete().await?;
+                dl.file()
+                    .map_err(|e| FsError::local_io("opening download", e))?
+            }
+        };
+        staged.fill_from(src)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, OpenReply)> {
+        self.check_writable()?;
+        let (_, path) = self.child_path(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(ino) => {
+                if flags & libc::O_EXCL != 0 {
+                    return Err(FsError::Exists);
+                }
+                let reply = self.open(ino, flags).await?;
+                let mut t = self.inodes.lock().unwrap();
+                let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+                i.lookups += 1;
+                return Ok((self.attr_of(i), reply));
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: None,
+        };
+        let staged = Arc::new(Staged::create(&self.staging_dir, &path)?);
+        staged.set_dirty(true);
+        staged.writers.fetch_add(1, Ordering::AcqRel);
+        let ino = {
+            let mut t = self.inodes.lock().unwrap();
+            let ino = t.insert_local(&path, Kind::File, attrs);
+            let i = t.get_mut(ino).expect("just inserted");
+            i.staged = Some(staged.clone());
+            i.lookups += 1;
+            ino
+        };
+        self.invalidate(&path);
+        let append = flags & libc::O_APPEND != 0;
+        let fh = self.register(
+            ino,
+            Handle {
+                ino,
+                write: true,
+                append,
+                source: ReadSource::None,
+                staged: Some(staged),
+            },
+        );
+        let attr = self.getattr_cached(ino).ok_or(FsError::NotFound)?;
+        Ok((
+            attr,
+            OpenReply {
+                fh,
+                keep_cache: false,
+                backing: None,
+            },
+        ))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let staged = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(h.ino)
+            .and_then(|i| i.staged.clone());
+        if let Some(staged) = staged {
+            let _shared = staged.lock.read().await;
+            let len = (size as u64).min(staged.size().saturating_sub(offset)) as usize;
+            return read_file_at(staged.as_file(), offset, len);
+        }
+        match &h.source {
+            ReadSource::None | ReadSource::Empty => Ok(Vec::new()),
+            ReadSource::Cached(f) => read_file_at(f, offset, size as usize),
+            ReadSource::Download(dl) => {
+                dl.ready_until(offset + size as u64).await?;
+                let len = (size as u64).min(dl.meta.size.saturating_sub(offset)) as usize;
+                read_file_at(dl.as_file(), offset, len)
+            }
+        }
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let staged = h
+            .staged
+            .as_ref()
+            .filter(|_| h.write)
+            .ok_or(FsError::BadHandle)?;
+        let _shared = staged.lock.read().await;
+        let offset = if h.append { staged.size() } else { offset };
+        staged.write_at(data, offset)?;
+        if let Some(i) = self.inodes.lock().unwrap().get_mut(h.ino) {
+            i.modified = SystemTime::now();
+            i.attrs.mtime = None;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// close() and fsync(): return once the store holds every byte written.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        match (&h.staged, h.write) {
+            (Some(staged), true) => self.upload(h.ino, staged).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Write-through: send the staging file to the store, whole.
+    async fn upload(&self, ino: u64, staged: &Arc<Staged>) -> FsResult<()> {
+        let _excl = staged.lock.write().await;
+        if !staged.is_dirty() {
+            return Ok(());
+        }
+        let (path, attrs, unlinked, modified) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino).ok_or(FsError::NotFound)?;
+            (i.path.clone(), i.attrs.clone(), i.unlinked, i.modified)
+        };
+        if unlinked {
+            // Written to a file that was deleted meanwhile: nothing to keep.
+            staged.set_dirty(false);
+            return Ok(());
+        }
+        let attrs = Attrs {
+            mtime: attrs.mtime.or(Some(modified)),
+            ..attrs
+        };
+        self.upload_started();
+        let result = self.store.put(&path, &staged.path, &attrs).await;
+        self.upload_finished();
+        match result {
+            Ok(meta) => {
+                staged.set_dirty(false);
+                let mut t = self.inodes.lock().unwrap();
+                if let Some(i) = t.get_mut(ino) {
+                    i.local_only = false;
+                    i.kernel_version = Some(meta.version.clone());
+                    i.attrs = i.attrs.merged(&meta.attrs);
+                    i.object = Some(meta);
+                    i.validated = Instant::now();
+                }
+                drop(t);
+                self.invalidate(&path);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    key = %path,
+                    staging_file = %staged.path.display(),
+                    error = %e,
+                    "upload failed; the store keeps its previous version and the written bytes stay in the staging file"
+                );
+                Err(FsError::Io(format!("upload of {path} failed: {e}")))
+            }
+        }
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handles.lock().unwrap().remove(&fh) else {
+            return Err(FsError::BadHandle);
+        };
+        let mut result = Ok(());
+        if let (Some(staged), true) = (&h.staged, h.write)
+            && staged.writers.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            if staged.is_dirty() {
+                // close() normally flushed already; this is the last chance.
+                result = self.upload(h.ino, staged).await;
+            }
+            self.retire_staged(h.ino, staged).await;
+        }
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(i) = t.get_mut(h.ino) {
+            i.open = i.open.saturating_sub(1);
+        }
+        t.maybe_drop(h.ino);
+        result
+    }
+
+    /// The last writer has gone: the staged bytes become the cache entry of
+    /// the version we uploaded, or stay on disk if the store never got them.
+    async fn retire_staged(&self, ino: u64, staged: &Arc<Staged>) {
+        let _excl = staged.lock.write().await;
+        if staged.writers.load(Ordering::Acquire) > 0 {
+            return; // someone opened it for writing again meanwhile
+        }
+        let object = {
+            let mut t = self.inodes.lock().unwrap();
+            let Some(i) = t.get_mut(ino) else { return };
+            if i.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, staged)) {
+                i.staged = None;
+            }
+            i.object.clone()
+        };
+        if staged.is_dirty() {
+            tracing::warn!(
+                staging_file = %staged.path.display(),
+                "unsaved data kept on local disk"
+            );
+            return;
+        }
+        match object {
+            Some(meta) if meta.size == staged.size() => {
+                match self.cache.insert_file(&staged.path, &meta) {
+                    Ok(true) => staged.forget_key(),
+                    _ => staged.discard(),
+                }
+            }
+            _ => staged.discard(),
+        }
+    }
+
+    /// truncate(2), chmod, chown, utimens.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
+        if size.is_some() || mode.is_some() || uid.is_some() || gid.is_some() || mtime.is_some() {
+            self.check_writable()?;
+        }
+        if let Some(size) = size {
+            self.truncate(ino, fh, size).await?;
+        }
+        let change = Attrs {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            mtime,
+        };
+        if change != Attrs::default() {
+            self.change_attrs(ino, &change).await?;
+        }
+        let t = self.inodes.lock().unwrap();
+        Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
+    }
+
+    async fn truncate(&self, ino: u64, fh: Option<u64>, size: u64) -> FsResult<()> {
+        if self.path_of(ino)?.1 == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let open_staged = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .and_then(|h| h.staged.clone())
+            .or_else(|| {
+                self.inodes
+                    .lock()
+                    .unwrap()
+                    .get(ino)
+                    .and_then(|i| i.staged.clone())
+            });
+        if let Some(staged) = open_staged {
+            let _excl = staged.lock.write().await;
+            return staged.truncate(size);
+        }
+        // truncate(2) on a file nobody has open: a whole open-write-close.
+        let reply = self
+            .open(
+                ino,
+                if size == 0 {
+                    libc::O_WRONLY | libc::O_TRUNC
+                } else {
+                    libc::O_WRONLY
+                },
+            )
+            .await?;
+        let h = self.handle(reply.fh)?;
+        let result = match &h.staged {
+            Some(staged) => {
+                {
+                    let _excl = staged.lock.write().await;
+                    staged.truncate(size)?;
+                }
+                self.flush(reply.fh).await
+            }
+            None => Err(FsError::BadHandle),
+        };
+        let released = self.release(reply.fh).await;
+        result.and(released)
+    }
+
+    async fn change_attrs(&self, ino: u64, change: &Attrs) -> FsResult<()> {
+        let (path, kind, local, object) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino).ok_or(FsError::NotFound)?;
+            (
+                i.path.clone(),
+                i.kind,
+                i.has_local_state(),
+                i.object.clone(),
+            )
+        };
+        if !(local || kind == Kind::Dir && path.is_empty()) {
+            let new = self.store.set_attrs(&path, change).await?;
+            if let (Some(old), Some(new)) = (&object, &new) {
+                self.cache.rekey(old, new);
+            }
+            let mut t = self.inodes.lock().unwrap();
+            if let (Some(i), Some(new)) = (t.get_mut(ino), new) {
+                if i.kernel_version.as_ref() == object.as_ref().map(|o| &o.version) {
+                    i.kernel_version = Some(new.version.clone());
+                }
+                i.object = Some(new);
+            }
+        }
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(i) = t.get_mut(ino) {
+            i.attrs = i.attrs.merged(change);
+        }
+        drop(t);
+        self.listings.invalidate(super::inode::parent_of(&path));
+        Ok(())
+    }
+}
+
+/// Read up to `len` bytes at `offset`; short only at end of file.
+pub(crate) fn read_file_at(f: &File, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0; len];
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FsError::local_io("reading local file", e)),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}

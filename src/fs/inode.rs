@@ -1,0 +1,320 @@
+//! The inode table: kernel inode numbers <-> store paths, with what we last
+//! learnt about each. Paths are the identity: a rename moves the path of an
+//! inode (and of everything below a directory) and keeps its number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::staging::Staged;
+use crate::store::{Attrs, Node, ObjectMeta};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+pub struct Inode {
+    pub ino: u64,
+    pub path: String,
+    pub kind: Kind,
+    /// What the store holds for this file (None: not in the store yet).
+    pub object: Option<ObjectMeta>,
+    /// Attributes as the store knows them, with our own changes on top.
+    pub attrs: Attrs,
+    pub modified: SystemTime,
+    /// When `object`/`attrs` were last confirmed by the store.
+    pub validated: Instant,
+    /// Kernel references (lookup counts); the inode may go when 0 and unused.
+    pub lookups: u64,
+    /// Open file handles.
+    pub open: u32,
+    /// Local bytes not yet (or just) written to the store.
+    pub staged: Option<Arc<Staged>>,
+    /// Created here; the store does not have it yet.
+    pub local_only: bool,
+    /// Removed from the namespace while still referenced.
+    pub unlinked: bool,
+    /// The version whose bytes the kernel page cache may hold (FOPEN_KEEP_CACHE).
+    pub kernel_version: Option<String>,
+}
+
+impl Inode {
+    pub fn size(&self) -> u64 {
+        match (&self.staged, &self.object) {
+            (Some(s), _) => s.size(),
+            (None, Some(o)) => o.size,
+            (None, None) => 0,
+        }
+    }
+
+    /// Local state that the store does not reflect yet: must not be replaced
+    /// by what the store says.
+    pub fn has_local_state(&self) -> bool {
+        self.local_only || self.staged.is_some()
+    }
+
+    fn update_from(&mut self, node: &Node, now: Instant) {
+        if self.has_local_state() {
+            return;
+        }
+        match node {
+            Node::File(m) => {
+                self.attrs = m.attrs.clone();
+                self.modified = m.attrs.mtime.unwrap_or(m.modified);
+                self.object = Some(m.clone());
+            }
+            Node::Dir(d) => {
+                self.attrs = d.attrs.clone();
+                if let Some(m) = d.modified {
+                    self.modified = m;
+                }
+            }
+        }
+        self.validated = now;
+    }
+}
+
+pub fn kind_of(node: &Node) -> Kind {
+    match node {
+        Node::File(_) => Kind::File,
+        Node::Dir(_) => Kind::Dir,
+    }
+}
+
+pub struct InodeTable {
+    by_ino: HashMap<u64, Inode>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> Self {
+        let mut t = InodeTable {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
+        let root = t.blank(ROOT_INO, String::new(), Kind::Dir);
+        t.by_ino.insert(ROOT_INO, root);
+        t.by_path.insert(String::new(), ROOT_INO);
+        t
+    }
+
+    fn blank(&self, ino: u64, path: String, kind: Kind) -> Inode {
+        Inode {
+            ino,
+            path,
+            kind,
+            object: None,
+            attrs: Attrs::default(),
+            modified: SystemTime::now(),
+            validated: Instant::now(),
+            lookups: 0,
+            open: 0,
+            staged: None,
+            local_only: false,
+            unlinked: false,
+            kernel_version: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.by_ino.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.by_ino.get_mut(&ino)
+    }
+
+    pub fn by_path(&self, path: &str) -> Option<&Inode> {
+        self.by_path.get(path).and_then(|i| self.by_ino.get(i))
+    }
+
+    /// Record what the store says is at `path`; returns the inode number. A
+    /// file that became a directory (or the other way) gets a new inode.
+    pub fn upsert(&mut self, path: &str, node: &Node, now: Instant) -> u64 {
+        let kind = kind_of(node);
+        if let Some(&ino) = self.by_path.get(path) {
+            let inode = self
+                .by_ino
+                .get_mut(&ino)
+                .expect("path map points at a live inode");
+            if inode.kind == kind {
+                inode.update_from(node, now);
+                return ino;
+            }
+            self.detach(path);
+        }
+        let ino = self.next;
+        self.next += 1;
+        let mut inode = self.blank(ino, path.to_string(), kind);
+        inode.update_from(node, now);
+        self.by_ino.insert(ino, inode);
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+
+    /// A new file or directory made here.
+    pub fn insert_local(&mut self, path: &str, kind: Kind, attrs: Attrs) -> u64 {
+        self.detach(path);
+        let ino = self.next;
+        self.next += 1;
+        let mut inode = self.blank(ino, path.to_string(), kind);
+        inode.attrs = attrs;
+        inode.local_only = kind == Kind::File;
+        self.by_ino.insert(ino, inode);
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+
+    /// Take `path` out of the namespace; the inode lives on while referenced.
+    pub fn detach(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path)
+            && let Some(inode) = self.by_ino.get_mut(&ino)
+        {
+            inode.unlinked = true;
+            self.maybe_drop(ino);
+        }
+    }
+
+    /// Move `from` (and, for a directory, everything below it) to `to`.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        self.detach(to);
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == from || p.starts_with(&below))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(inode) = self.by_ino.get_mut(&ino) {
+                inode.path = new.clone();
+                if let Some(obj) = &mut inode.object {
+                    obj.key = new.clone();
+                }
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+
+    /// Children made here that the store does not list yet.
+    pub fn local_children(&self, dir: &str) -> Vec<(String, u64, Kind)> {
+        self.by_ino
+            .values()
+            .filter(|i| {
+                i.local_only && !i.unlinked && parent_of(&i.path) == dir && !i.path.is_empty()
+            })
+            .map(|i| (crate::store::key_name(&i.path).to_string(), i.ino, i.kind))
+            .collect()
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(inode) = self.by_ino.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(n);
+            self.maybe_drop(ino);
+        }
+    }
+
+    /// Drop the inode if nothing refers to it any more.
+    pub fn maybe_drop(&mut self, ino: u64) {
+        let Some(inode) = self.by_ino.get(&ino) else {
+            return;
+        };
+        if ino == ROOT_INO || inode.lookups > 0 || inode.open > 0 || inode.staged.is_some() {
+            return;
+        }
+        // A local-only file still in the namespace is the only record of it.
+        if inode.local_only && !inode.unlinked {
+            return;
+        }
+        let path = inode.path.clone();
+        self.by_ino.remove(&ino);
+        if self.by_path.get(&path) == Some(&ino) {
+            self.by_path.remove(&path);
+        }
+    }
+
+    /// Drop every inode the kernel holds no reference to (after big listings).
+    pub fn prune(&mut self) {
+        let idle: Vec<u64> = self
+            .by_ino
+            .values()
+            .filter(|i| i.lookups == 0 && i.open == 0)
+            .map(|i| i.ino)
+            .collect();
+        for ino in idle {
+            self.maybe_drop(ino);
+        }
+    }
+}
+
+/// The directory part of a key ("" for top-level names).
+pub fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DirMeta;
+
+    fn dir(key: &str) -> Node {
+        Node::Dir(DirMeta {
+            key: key.into(),
+            modified: None,
+            attrs: Attrs::default(),
+        })
+    }
+
+    #[test]
+    fn rename_moves_descendants_and_keeps_numbers() {
+        let mut t = InodeTable::new();
+        let now = Instant::now();
+        let a = t.upsert("a", &dir("a"), now);
+        let b = t.upsert("a/b", &dir("a/b"), now);
+        let ab2 = t.upsert("ab", &dir("ab"), now);
+        t.rename("a", "x");
+        assert_eq!(t.by_path("x").unwrap().ino, a);
+        assert_eq!(t.by_path("x/b").unwrap().ino, b);
+        assert_eq!(
+            t.by_path("ab").unwrap().ino,
+            ab2,
+            "a sibling sharing the prefix stays"
+        );
+        assert!(t.by_path("a/b").is_none());
+    }
+
+    #[test]
+    fn forget_drops_unreferenced() {
+        let mut t = InodeTable::new();
+        let a = t.upsert("a", &dir("a"), Instant::now());
+        t.get_mut(a).unwrap().lookups = 2;
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        assert!(t.by_path("a").is_none());
+        assert!(t.get(ROOT_INO).is_some());
+    }
+}

@@ -1,0 +1,333 @@
+//! The filesystem core: POSIX-ish operations over a `Store`, with the inode
+//! table, metadata and listing caches, open handles and write-through. It
+//! knows nothing of FUSE: the adapter in `fuse.rs` turns kernel requests into
+//! calls here, and unit tests call it directly.
+//!
+//! Split by job: `namespace` (lookup, readdir, mkdir, unlink, rename),
+//! `files` (open, read, write, flush, truncate, attributes).
+
+pub mod error;
+mod files;
+pub mod inode;
+mod namespace;
+pub mod staging;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+pub use error::{FsError, FsResult};
+pub use files::{OpenReply, ReadSource};
+pub use inode::{Kind, ROOT_INO};
+pub use namespace::DirEntry;
+
+use crate::cache::{DiskCache, private_dir};
+use crate::store::{MAX_KEY_BYTES, MAX_NAME_BYTES, Node, Store, join_key};
+use inode::{Inode, InodeTable};
+
+/// How the mount presents files the store keeps no attributes for, and how
+/// long it trusts what it has seen.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Metadata TTL: lookups, attributes and listings are trusted this long; a
+    /// change on another host shows after at most this. Zero: ask every time.
+    pub ttl: Duration,
+    pub read_only: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            ttl: Duration::from_secs(5),
+            read_only: false,
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        }
+    }
+}
+
+/// Attributes of one inode, as the kernel wants them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    /// Permission bits only (no file type).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Filesystem-wide figures for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+}
+
+pub(crate) struct Handle {
+    pub ino: u64,
+    pub write: bool,
+    pub append: bool,
+    pub source: ReadSource,
+    pub staged: Option<Arc<staging::Staged>>,
+}
+
+pub struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cache: Arc<DiskCache>,
+    pub(crate) cfg: CoreConfig,
+    pub(crate) inodes: Mutex<InodeTable>,
+    pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    pub(crate) dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Paths known not to exist (negative entries), trusted for the TTL.
+    pub(crate) missing: moka::sync::Cache<String, ()>,
+    /// Directory listings, trusted for the TTL.
+    pub(crate) listings: moka::sync::Cache<String, Arc<namespace::Listing>>,
+    pub(crate) staging_dir: PathBuf,
+    /// Serialises the creation of staging files, so two opens for writing of
+    /// one file share one.
+    pub(crate) stage_lock: tokio::sync::Mutex<()>,
+    uploads: AtomicUsize,
+    uploads_done: Notify,
+}
+
+impl Core {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<DiskCache>,
+        cfg: CoreConfig,
+    ) -> FsResult<Arc<Core>> {
+        let staging_dir = cache.root().join("staging");
+        private_dir(&staging_dir)
+            .map_err(|e| FsError::local_io("creating staging directory", e))?;
+        for (path, key) in staging::leftovers(&staging_dir) {
+            tracing::warn!(
+                file = %path.display(),
+                key = %key,
+                "found data written before a crash or a failed upload; it was not uploaded and is kept for recovery"
+            );
+        }
+        // moka rejects a zero TTL; with TTL 0 nothing is ever inserted anyway.
+        let ttl = cfg.ttl.max(Duration::from_millis(1));
+        Ok(Arc::new(Core {
+            store,
+            cache,
+            missing: moka::sync::Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(100_000)
+                .build(),
+            listings: moka::sync::Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(1_000)
+                .build(),
+            cfg,
+            inodes: Mutex::new(InodeTable::new()),
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            staging_dir,
+            stage_lock: tokio::sync::Mutex::new(()),
+            uploads: AtomicUsize::new(0),
+            uploads_done: Notify::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &Arc<DiskCache> {
+        &self.cache
+    }
+
+    fn caching(&self) -> bool {
+        !self.cfg.ttl.is_zero()
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.cfg.ttl
+    }
+
+    pub(crate) fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn attr_of(&self, inode: &Inode) -> Attr {
+        let default_mode = match inode.kind {
+            Kind::File => self.cfg.file_mode,
+            Kind::Dir => self.cfg.dir_mode,
+        };
+        Attr {
+            ino: inode.ino,
+            kind: inode.kind,
+            size: inode.size(),
+            mtime: inode.attrs.mtime.unwrap_or(inode.modified),
+            perm: (inode.attrs.mode.unwrap_or(default_mode) & 0o7777) as u16,
+            uid: inode.attrs.uid.unwrap_or(self.cfg.uid),
+            gid: inode.attrs.gid.unwrap_or(self.cfg.gid),
+        }
+    }
+
+    /// Path and kind of an inode.
+    pub(crate) fn path_of(&self, ino: u64) -> FsResult<(String, Kind)> {
+        let t = self.inodes.lock().unwrap();
+        let i = t.get(ino).ok_or(FsError::NotFound)?;
+        Ok((i.path.clone(), i.kind))
+    }
+
+    /// The key of `name` inside directory `parent`, checked.
+    pub(crate) fn child_path(&self, parent: u64, name: &OsStr) -> FsResult<(String, String)> {
+        let name = check_name(name)?;
+        let (dir, kind) = self.path_of(parent)?;
+        if kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let path = join_key(&dir, name);
+        if path.len() > MAX_KEY_BYTES {
+            return Err(FsError::NameTooLong);
+        }
+        Ok((dir, path))
+    }
+
+    pub(crate) fn check_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Forget what we knew about `path` and its directory listing after we
+    /// changed it ourselves.
+    pub(crate) fn invalidate(&self, path: &str) {
+        self.missing.invalidate(path);
+        self.listings.invalidate(inode::parent_of(path));
+    }
+
+    pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
+        let t = self.inodes.lock().unwrap();
+        let i = t.get(ino)?;
+        (ino == ROOT_INO || i.has_local_state() || self.fresh(i.validated)).then(|| self.attr_of(i))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(a) = self.getattr_cached(ino) {
+            return Ok(a);
+        }
+        let (path, _) = self.path_of(ino)?;
+        let node = self.store.stat(&path).await?;
+        let mut t = self.inodes.lock().unwrap();
+        let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        match node {
+            Some(node) if inode::kind_of(&node) == inode.kind && inode.path == path => {
+                drop(t);
+                self.inodes
+                    .lock()
+                    .unwrap()
+                    .upsert(&path, &node, Instant::now());
+                let t = self.inodes.lock().unwrap();
+                Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
+            }
+            // Gone from the store (or replaced by another kind): an open file
+            // keeps its last attributes, like an unlinked file on a local disk.
+            _ if inode.open > 0 => Ok(self.attr_of(inode)),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    pub async fn statfs(&self) -> StatFs {
+        const BSIZE: u64 = 4096;
+        match self.store.capacity().await {
+            Some(c) => StatFs {
+                blocks: c.total_bytes / BSIZE,
+                bfree: c.free_bytes / BSIZE,
+                files: c.total_files,
+                ffree: c.free_files,
+                bsize: BSIZE as u32,
+            },
+            // Object stores have no fixed size: report a large, honest "plenty".
+            None => StatFs {
+                blocks: (1u64 << 50) / BSIZE,
+                bfree: (1u64 << 50) / BSIZE,
+                files: 1 << 32,
+                ffree: 1 << 32,
+                bsize: BSIZE as u32,
+            },
+        }
+    }
+
+    pub(crate) fn upload_started(&self) {
+        self.uploads.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn upload_finished(&self) {
+        if self.uploads.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.uploads_done.notify_waiters();
+        }
+    }
+
+    /// Wait until no upload is running (for a clean shutdown).
+    pub async fn wait_uploads(&self) {
+        loop {
+            let notified = self.uploads_done.notified();
+            if self.uploads.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn uploads_in_flight(&self) -> usize {
+        self.uploads.load(Ordering::Acquire)
+    }
+
+    /// Answer from what the store says is at `path`, recording it.
+    pub(crate) fn record(&self, path: &str, node: &Node) -> u64 {
+        self.inodes
+            .lock()
+            .unwrap()
+            .upsert(path, node, Instant::now())
+    }
+}
+
+/// A name from the kernel, as a key component.
+pub(crate) fn check_name(name: &OsStr) -> FsResult<&str> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(FsError::NameTooLong);
+    }
+    let name = name
+        .to_str()
+        .ok_or(FsError::Invalid("file names must be UTF-8"))?;
+    if !crate::store::valid_name(name) {
+        return Err(FsError::Invalid("not a valid file name"));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests;

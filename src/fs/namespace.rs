@@ -1,0 +1,379 @@
+//! Names: lookup, listing, mkdir, unlink, rmdir, rename.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use super::inode::{Kind, kind_of, parent_of};
+use super::{Attr, Core, FsError, FsResult};
+use crate::store::{Attrs, Node, join_key, key_name, valid_name};
+
+/// One directory as the store listed it, sorted by name.
+pub struct Listing {
+    pub entries: BTreeMap<String, Node>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// Warn once per odd key, not on every listing.
+fn warn_once(key: &str, why: &str) {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if seen.lock().unwrap().insert(key.to_string()) {
+        tracing::warn!(key = %key, "skipping a store key that cannot be shown as a file: {why}");
+    }
+}
+
+impl Core {
+    /// The inode at `path`, from what we know if it is fresh, else from the store.
+    pub(crate) async fn resolve(&self, path: &str) -> FsResult<u64> {
+        {
+            let t = self.inodes.lock().unwrap();
+            if let Some(i) = t.by_path(path)
+                && (i.has_local_state() || self.fresh(i.validated) || path.is_empty())
+            {
+                return Ok(i.ino);
+            }
+        }
+        if self.missing.contains_key(path) {
+            return Err(FsError::NotFound);
+        }
+        if let Some(listing) = self.listings.get(parent_of(path))
+            && self.fresh(listing.at)
+        {
+            return match listing.entries.get(key_name(path)) {
+                Some(node) => Ok(self.record(path, node)),
+                None => Err(FsError::NotFound),
+            };
+        }
+        match self.store.stat(path).await? {
+            Some(node) => Ok(self.record(path, &node)),
+            None => {
+                if self.caching() {
+                    self.missing.insert(path.to_string(), ());
+                }
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    /// A kernel lookup: the child's attributes, and one more kernel reference.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let (_, path) = self.child_path(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        let mut t = self.inodes.lock().unwrap();
+        let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        inode.lookups += 1;
+        Ok(self.attr_of(inode))
+    }
+
+    /// The listing of `dir`, from the cache if fresh.
+    async fn listing(&self, dir: &str) -> FsResult<Arc<Listing>> {
+        if let Some(l) = self.listings.get(dir)
+            && self.fresh(l.at)
+        {
+            return Ok(l);
+        }
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut entries = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self.store.list(&prefix, true, token).await?;
+            for d in page.dirs {
+                let name = key_name(&d.key).to_string();
+                if valid_name(&name) && d.key.len() > prefix.len() {
+                    entries.insert(name, Node::Dir(d));
+                } else {
+                    warn_once(&d.key, "not a valid directory name");
+                }
+            }
+            for f in page.files {
+                let name = f.key[prefix.len()..].to_string();
+                if !valid_name(&name) {
+                    warn_once(&f.key, "not a valid file name");
+                } else if matches!(entries.get(&name), Some(Node::Dir(_))) {
+                    warn_once(
+                        &f.key,
+                        "a file and a directory share this name; showing the directory",
+                    );
+                } else {
+                    entries.insert(name, Node::File(f));
+                }
+            }
+            token = page.next;
+            if token.is_none() {
+                break;
+            }
+        }
+        let listing = Arc::new(Listing {
+            entries,
+            at: Instant::now(),
+        });
+        if self.caching() {
+            self.listings.insert(dir.to_string(), listing.clone());
+        }
+        Ok(listing)
+    }
+
+    /// Snapshot a directory for readdir; returns a handle.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let (dir, kind) = self.path_of(ino)?;
+        if kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let listing = self.listing(&dir).await?;
+        let mut out = Vec::with_capacity(listing.entries.len() + 2);
+        let mut t = self.inodes.lock().unwrap();
+        if t.len() > 100_000 {
+            t.prune();
+        }
+        let parent_ino = t
+            .by_path(parent_of(&dir))
+            .map(|i| i.ino)
+            .unwrap_or(super::ROOT_INO);
+        out.push(DirEntry {
+            ino,
+            kind: Kind::Dir,
+            name: ".".into(),
+        });
+        out.push(DirEntry {
+            ino: parent_ino,
+            kind: Kind::Dir,
+            name: "..".into(),
+        });
+        let mut seen = HashSet::new();
+        for (name, node) in &listing.entries {
+            let path = join_key(&dir, name);
+            let child = t.upsert(&path, node, listing.at);
+            let kind = t.get(child).map(|i| i.kind).unwrap_or(kind_of(node));
+            seen.insert(name.clone());
+            out.push(DirEntry {
+                ino: child,
+                kind,
+                name: name.clone(),
+            });
+        }
+        for (name, child, kind) in t.local_children(&dir) {
+            if seen.insert(name.clone()) {
+                out.push(DirEntry {
+                    ino: child,
+                    kind,
+                    name,
+                });
+            }
+        }
+        drop(t);
+        let fh = self.new_fh();
+        self.dir_handles.lock().unwrap().insert(fh, Arc::new(out));
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from `offset` on.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.dir_handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Whether a directory has any child, in the store or made here.
+    async fn dir_is_empty(&self, dir: &str) -> FsResult<bool> {
+        if !self.inodes.lock().unwrap().local_children(dir).is_empty() {
+            return Ok(false);
+        }
+        let page = self.store.list(&format!("{dir}/"), true, None).await?;
+        Ok(page.files.iter().all(|f| f.key.len() <= dir.len() + 1) && page.dirs.is_empty())
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let (_, path) = self.child_path(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: None,
+        };
+        self.store.create_dir(&path, &attrs).await?;
+        self.invalidate(&path);
+        let node = self
+            .store
+            .stat(&path)
+            .await?
+            .unwrap_or(Node::Dir(crate::store::DirMeta {
+                key: path.clone(),
+                modified: None,
+                attrs: attrs.clone(),
+            }));
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.upsert(&path, &node, Instant::now());
+        let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        inode.attrs = inode.attrs.merged(&attrs);
+        inode.lookups += 1;
+        Ok(self.attr_of(inode))
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let (_, path) = self.child_path(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        let (kind, local_only, object) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino).ok_or(FsError::NotFound)?;
+            (i.kind, i.local_only, i.object.clone())
+        };
+        if kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if !local_only {
+            self.store.delete(&path).await?;
+        }
+        if let Some(obj) = object {
+            self.cache.remove(&obj);
+        }
+        self.inodes.lock().unwrap().detach(&path);
+        self.invalidate(&path);
+        if self.caching() {
+            self.missing.insert(path, ());
+        }
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let (_, path) = self.child_path(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        if self.path_of(ino)?.1 != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.dir_is_empty(&path).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.remove_dir(&path).await?;
+        self.inodes.lock().unwrap().detach(&path);
+        self.invalidate(&path);
+        self.listings.invalidate(&path);
+        if self.caching() {
+            self.missing.insert(path, ());
+        }
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let (_, from) = self.child_path(parent, name)?;
+        let (_, to) = self.child_path(new_parent, new_name)?;
+        let src = self.resolve(&from).await?;
+        let dst = match self.resolve(&to).await {
+            Ok(ino) => Some(ino),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if from == to {
+            return Ok(());
+        }
+        if dst.is_some() && no_replace {
+            return Err(FsError::Exists);
+        }
+        let (kind, local_only, staged, object) = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(src).ok_or(FsError::NotFound)?;
+            (i.kind, i.local_only, i.staged.clone(), i.object.clone())
+        };
+        let dst_kind = match dst {
+            Some(d) => Some(self.path_of(d)?.1),
+            None => None,
+        };
+        match (kind, dst_kind) {
+            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotDir),
+            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsDir),
+            (Kind::Dir, Some(Kind::Dir)) if !self.dir_is_empty(&to).await? => {
+                return Err(FsError::NotEmpty);
+            }
+            _ => {}
+        }
+        if kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        match kind {
+            Kind::File => {
+                // Wait for an upload of this file to finish, so it lands
+                // under the name it had when it started.
+                let _guard = match &staged {
+                    Some(s) => Some(s.lock.write().await),
+                    None => None,
+                };
+                let local_only = local_only
+                    || self
+                        .inodes
+                        .lock()
+                        .unwrap()
+                        .get(src)
+                        .is_some_and(|i| i.local_only);
+                if !local_only {
+                    let new = self.store.rename(&from, &to).await?;
+                    if let Some(old) = &object {
+                        self.cache.rekey(old, &new);
+                    }
+                    let mut t = self.inodes.lock().unwrap();
+                    t.rename(&from, &to);
+                    if let Some(i) = t.get_mut(src)
+                        && i.staged.is_none()
+                    {
+                        i.object = Some(new);
+                    }
+                } else {
+                    self.inodes.lock().unwrap().rename(&from, &to);
+                }
+            }
+            Kind::Dir => {
+                self.store.rename_dir(&from, &to).await?;
+                self.inodes.lock().unwrap().rename(&from, &to);
+                // Every listing below the old name is stale now.
+                self.listings.invalidate_all();
+            }
+        }
+        self.invalidate(&from);
+        self.invalidate(&to);
+        if self.caching() {
+            self.missing.insert(from, ());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! The FUSE adapter: kernel request -> core call -> reply. Nothing else lives
+//! here. Work that may touch the store runs on the tokio runtime, so one slow
+//! request never holds up the others; answers we already have are given inline.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle as Runtime;
+
+use crate::fs::{Attr, Core, FsError, Kind};
+use crate::store::MAX_NAME_BYTES;
+
+pub struct MediaFs {
+    core: Arc<Core>,
+    rt: Runtime,
+    ttl: Duration,
+}
+
+impl MediaFs {
+    pub fn new(core: Arc<Core>, rt: Runtime) -> Self {
+        let ttl = core.config().ttl;
+        MediaFs { core, rt, ttl }
+    }
+
+    /// Run `f` on the runtime and hand its result to `reply`.
+    fn spawn<T, F, R>(&self, fut: F, reply: R, ok: impl FnOnce(R, T) + Send + 'static)
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+        R: ErrorReply + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match fut.await {
+                Ok(v) => ok(reply, v),
+                Err(e) => reply.fail(e),
+            }
+        });
+    }
+}
+
+/// Every reply type can carry an errno; this is where FsError becomes one.
+trait ErrorReply {
+    fn fail(self, e: FsError);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(
+        impl ErrorReply for $t {
+            fn fail(self, e: FsError) {
+                if matches!(e, FsError::Io(_) | FsError::NoSpace(_)) {
+                    tracing::warn!(error = %e, "operation failed");
+                } else {
+                    tracing::debug!(error = %e, "operation failed");
+                }
+                self.error(Errno::from_i32(e.errno()));
+            }
+        }
+    )*};
+}
+error_reply!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyData,
+    ReplyWrite,
+    ReplyCreate,
+    ReplyDirectory,
+    ReplyStatfs
+);
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+fn name(n: &OsStr) -> Box<OsStr> {
+    n.into()
+}
+
+impl Filesystem for MediaFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open(): no download of a file about to be emptied.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        if n.len() > MAX_NAME_BYTES {
+            return reply.fail(FsError::NameTooLong);
+        }
+        let core = self.core.clone();
+        let n = name(n);
+        let ttl = self.ttl;
+        self.spawn(
+            async move { core.lookup(parent.0, &n).await },
+            reply,
+            move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
+        );
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(a) = self.core.getattr_cached(ino.0) {
+            return reply.attr(&self.ttl, &file_attr(&a));
+        }
+        let core = self.core.clone();
+        let ttl = self.ttl;
+        self.spawn(
+            async move { core.getattr(ino.0).await },
+            reply,
+            move |r, a| r.attr(&ttl, &file_attr(&a)),
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let core = self.core.clone();
+        let ttl = self.ttl;
+        let mtime = mtime.map(time);
+        self.spawn(
+            async move {
+                core.setattr(ino.0, fh.map(|f| f.0), size, mode, uid, gid, mtime)
+                    .await
+            },
+            reply,
+            move |r, a| r.attr(&ttl, &file_attr(&a)),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.fail(FsError::NotSupported("only regular files can be created"));
+        }
+        let core = self.core.clone();
+        let n = name(n);
+        let (uid, gid) = (req.uid(), req.gid());
+        let ttl = self.ttl;
+        self.spawn(
+            async move {
+                let (attr, open) = core
+                    .create(
+                        parent.0,
+                        &n,
+                        mode & !umask,
+                        libc::O_WRONLY | libc::O_EXCL,
+                        uid,
+                        gid,
+                    )
+                    .await?;
+                core.flush(open.fh).await?;
+                core.release(open.fh).await?;
+                Ok(attr)
+            },
+            reply,
+            move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let core = self.core.clone();
+        let n = name(n);
+        let (uid, gid) = (req.uid(), req.gid());
+        let ttl = self.ttl;
+        self.spawn(
+            async move { core.mkdir(parent.0, &n, mode & !umask, uid, gid).await },
+            reply,
+            move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        let n = name(n);
+        self.spawn(
+            async move { core.unlink(parent.0, &n).await },
+            reply,
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        let n = name(n);
+        self.spawn(
+            async move { core.rmdir(parent.0, &n).await },
+            reply,
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.fail(FsError::Invalid(
+                "RENAME_EXCHANGE and RENAME_WHITEOUT are not supported",
+            ));
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let core = self.core.clone();
+        let (n, newname) = (name(n), name(newname));
+        self.spawn(
+            async move {
+                core.rename(parent.0, &n, newparent.0, &newname, no_replace)
+                    .await
+            },
+            reply,
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(
+            async move { core.open(ino.0, flags.0).await },
+            reply,
+            |r, o| {
+                let flags = if o.keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                r.opened(FileHandle(o.fh), flags)
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let core = self.core.clone();
+        self.spawn(
+            async move { core.read(fh.0, offset, size).await },
+            reply,
+            |r, data| r.data(&data),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let core = self.core.clone();
+        let data = data.to_vec();
+        self.spawn(
+            async move { core.write(fh.0, offset, &data).await },
+            reply,
+            |r, n| r.written(n),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move { core.flush(fh.0).await }, reply, |r, ()| r.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move { core.release(fh.0).await }, reply, |r, ()| {
+            r.ok()
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(async move { core.flush(fh.0).await }, reply, |r, ()| r.ok());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(async move { core.opendir(ino.0).await }, reply, |r, fh| {
+            r.opened(FileHandle(fh), FopenFlags::empty())
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.core.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.fail(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let kind = match e.kind {
+                Kind::File => FileType::RegularFile,
+                Kind::Dir => FileType::Directory,
+            };
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are in the store before their calls return.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let core = self.core.clone();
+        self.spawn(async move { Ok(core.statfs().await) }, reply, |r, s| {
+            r.statfs(
+                s.blocks,
+                s.bfree,
+                s.bfree,
+                s.files,
+                s.ffree,
+                s.bsize,
+                MAX_NAME_BYTES as u32,
+                s.bsize,
+            )
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let core = self.core.clone();
+        let n = name(n);
+        let (uid, gid) = (req.uid(), req.gid());
+        let ttl = self.ttl;
+        self.spawn(
+            async move {
+                core.create(parent.0, &n, mode & !umask, flags, uid, gid)
+                    .await
+            },
+            reply,
+            move |r, (a, o)| {
+                r.created(
+                    &ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                )
+            },
+        );
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let (kind, nlink) = match a.kind {
+        Kind::File => (FileType::RegularFile, 1),
+        Kind::Dir => (FileType::Directory, 2),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 128 * 1024,
+        flags: 0,
+    }
+}
