@@ -19,6 +19,10 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", env = "MEDIAFS_LOG_LEVEL")]
     pub log_level: String,
+
+    /// Append logs to this file instead of stderr (useful with --daemon).
+    #[arg(long, global = true, env = "MEDIAFS_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

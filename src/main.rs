@@ -4,16 +4,30 @@ use std::process::ExitCode;
 use clap::Parser;
 use mediafs::cli::{CacheAction, Cli, Command};
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("mediafs={level},fuser=error,warn"))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .init();
+        }
+        // journald and pipes get plain text; a terminal gets colour.
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -44,8 +58,8 @@ fn run(cli: Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
-    match run(cli) {
+    let result = init_logging(&cli.log_level, cli.log_file.as_deref()).and_then(|()| run(cli));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mediafs: error: {e}");

@@ -193,6 +193,13 @@ fn signal_ready() {
         // SAFETY: the parent passed us this fd for exactly this purpose.
         let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
         let _ = f.write_all(b"1");
+        // A daemon lets go of the terminal (or the pipe of whoever started
+        // it): from here on, logs go to --log-file only.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto stderr of a descriptor we own.
+            unsafe { libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO) };
+        }
     }
 }
 

@@ -190,7 +190,11 @@ impl DiskCache {
             self.stats
                 .bytes_fetched
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            tx.send_replace(State::Progress(written));
+            // The last bytes are announced as Done, after the rename into
+            // the cache: a reader that finishes never races the commit.
+            if written < expected.size {
+                tx.send_replace(State::Progress(written));
+            }
         }
         if written != expected.size {
             return Err(DownloadError::Io(format!(

@@ -541,12 +541,10 @@ impl Core {
         let (path, kind, local, object) = {
             let t = self.inodes.lock().unwrap();
             let i = t.get(ino).ok_or(FsError::NotFound)?;
-            (
-                i.path.clone(),
-                i.kind,
-                i.has_local_state(),
-                i.object.clone(),
-            )
+            // Bytes still to be uploaded carry the attributes with them; a
+            // clean file needs them written to the store now.
+            let pending_upload = i.local_only || i.staged.as_ref().is_some_and(|s| s.is_dirty());
+            (i.path.clone(), i.kind, pending_upload, i.object.clone())
         };
         if !(local || kind == Kind::Dir && path.is_empty()) {
             let new = self.store.set_attrs(&path, change).await?;

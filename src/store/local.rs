@@ -36,8 +36,8 @@ pub struct LocalStore {
 impl LocalStore {
     /// Open the directory `root`, which must exist.
     pub fn open(root: &Path) -> Result<Self, String> {
-        let meta = fs::metadata(root)
-            .map_err(|e| format!("store directory {}: {e}", root.display()))?;
+        let meta =
+            fs::metadata(root).map_err(|e| format!("store directory {}: {e}", root.display()))?;
         if !meta.is_dir() {
             return Err(format!(
                 "store directory {} is not a directory",
@@ -83,7 +83,13 @@ impl LocalStore {
 fn version_of(m: &Metadata) -> String {
     // Inode, size and mtime to the nanosecond: a rename over the file or an edit
     // in place by another program changes at least one of them.
-    format!("{:x}-{:x}-{:x}.{:x}", m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+    format!(
+        "{:x}-{:x}-{:x}.{:x}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
 }
 
 fn attrs_of(m: &Metadata) -> Attrs {
@@ -247,7 +253,9 @@ impl Store for LocalStore {
         let (file, meta) = self
             .blocking(move || {
                 let mut f = File::open(&path).map_err(|e| StoreError::from_io(e, &owned_key))?;
-                let m = f.metadata().map_err(|e| StoreError::from_io(e, &owned_key))?;
+                let m = f
+                    .metadata()
+                    .map_err(|e| StoreError::from_io(e, &owned_key))?;
                 if !m.is_file() {
                     return Err(StoreError::NotFound);
                 }
@@ -287,7 +295,14 @@ impl Store for LocalStore {
             let result = (|| {
                 fs::copy(&src, &tmp).map_err(|e| StoreError::from_io(e, &key))?;
                 let mode = attrs.mode.unwrap_or(0o644);
-                apply_attrs(&tmp, &Attrs { mode: Some(mode), ..attrs.clone() }, &key)?;
+                apply_attrs(
+                    &tmp,
+                    &Attrs {
+                        mode: Some(mode),
+                        ..attrs.clone()
+                    },
+                    &key,
+                )?;
                 File::open(&tmp)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| StoreError::from_io(e, &key))?;
@@ -363,7 +378,14 @@ impl Store for LocalStore {
         self.blocking(move || {
             ensure_parent(&path, &key)?;
             fs::create_dir(&path).map_err(|e| StoreError::from_io(e, &key))?;
-            apply_attrs(&path, &Attrs { mtime: None, ..attrs }, &key)
+            apply_attrs(
+                &path,
+                &Attrs {
+                    mtime: None,
+                    ..attrs
+                },
+                &key,
+            )
         })
         .await
     }

@@ -41,10 +41,10 @@ impl MemoryStore {
             modified: SystemTime::now(),
             attrs: Attrs::default(),
         };
-        self.files
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), (Bytes::copy_from_slice(data), meta.clone()));
+        self.files.lock().unwrap().insert(
+            key.to_string(),
+            (Bytes::copy_from_slice(data), meta.clone()),
+        );
         meta
     }
 
@@ -74,10 +74,24 @@ impl Store for MemoryStore {
         let prefix = format!("{key}/");
         let is_dir = key.is_empty()
             || self.dirs.lock().unwrap().contains(key)
-            || self.files.lock().unwrap().keys().any(|k| Self::under(&prefix, k))
-            || self.dirs.lock().unwrap().iter().any(|k| Self::under(&prefix, k));
+            || self
+                .files
+                .lock()
+                .unwrap()
+                .keys()
+                .any(|k| Self::under(&prefix, k))
+            || self
+                .dirs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|k| Self::under(&prefix, k));
         Ok(is_dir.then(|| {
-            Node::Dir(DirMeta { key: key.to_string(), modified: None, attrs: Attrs::default() })
+            Node::Dir(DirMeta {
+                key: key.to_string(),
+                modified: None,
+                attrs: Attrs::default(),
+            })
         }))
     }
 
@@ -88,7 +102,13 @@ impl Store for MemoryStore {
         if_none_match: Option<&str>,
     ) -> StoreResult<GetResult> {
         self.gets.fetch_add(1, Ordering::Relaxed);
-        let (data, meta) = self.files.lock().unwrap().get(key).cloned().ok_or(StoreError::NotFound)?;
+        let (data, meta) = self
+            .files
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         if if_none_match == Some(meta.version.as_str()) {
             return Ok(GetResult::NotModified);
         }
@@ -97,9 +117,14 @@ impl Store for MemoryStore {
             None => data,
         };
         // Several chunks, so readers see a download in progress.
-        let chunks: Vec<StoreResult<Bytes>> =
-            data.chunks(4096).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        Ok(GetResult::Body { meta, body: futures::stream::iter(chunks).boxed() })
+        let chunks: Vec<StoreResult<Bytes>> = data
+            .chunks(4096)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Ok(GetResult::Body {
+            meta,
+            body: futures::stream::iter(chunks).boxed(),
+        })
     }
 
     async fn put(&self, key: &str, src: &Path, attrs: &Attrs) -> StoreResult<ObjectMeta> {
@@ -118,12 +143,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, delimiter: bool, token: Option<String>) -> StoreResult<ListPage> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        token: Option<String>,
+    ) -> StoreResult<ListPage> {
         let _ = token; // one page holds everything
         let mut page = ListPage::default();
         let mut subdirs = BTreeSet::new();
         for (k, (_, m)) in self.files.lock().unwrap().iter() {
-            let Some(rest) = k.strip_prefix(prefix) else { continue };
+            let Some(rest) = k.strip_prefix(prefix) else {
+                continue;
+            };
             match rest.split_once('/') {
                 Some((d, _)) if delimiter => {
                     subdirs.insert(d.to_string());
@@ -140,13 +172,23 @@ impl Store for MemoryStore {
         }
         page.dirs = subdirs
             .into_iter()
-            .map(|d| DirMeta { key: format!("{prefix}{d}"), modified: None, attrs: Attrs::default() })
+            .map(|d| DirMeta {
+                key: format!("{prefix}{d}"),
+                modified: None,
+                attrs: Attrs::default(),
+            })
             .collect();
         Ok(page)
     }
 
     async fn copy(&self, from: &str, to: &str) -> StoreResult<ObjectMeta> {
-        let (data, meta) = self.files.lock().unwrap().get(from).cloned().ok_or(StoreError::NotFound)?;
+        let (data, meta) = self
+            .files
+            .lock()
+            .unwrap()
+            .get(from)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         let mut new = self.insert(to, &data);
         new.attrs = meta.attrs;
         self.files.lock().unwrap().get_mut(to).unwrap().1 = new.clone();

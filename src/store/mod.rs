@@ -84,7 +84,10 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
 pub enum GetResult {
     /// The caller's `if_none_match` version is still current.
     NotModified,
-    Body { meta: ObjectMeta, body: ByteStream },
+    Body {
+        meta: ObjectMeta,
+        body: ByteStream,
+    },
 }
 
 /// Capacity figures for statfs, where the store has any.

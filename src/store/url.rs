@@ -75,9 +75,19 @@ mod tests {
 
     #[test]
     fn parses() {
-        assert_eq!(StoreUrl::parse("/srv/m").unwrap(), StoreUrl::Local("/srv/m".into()));
-        assert_eq!(StoreUrl::parse("file:///srv/m").unwrap(), StoreUrl::Local("/srv/m".into()));
+        assert_eq!(
+            StoreUrl::parse("/srv/m").unwrap(),
+            StoreUrl::Local("/srv/m".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///srv/m").unwrap(),
+            StoreUrl::Local("/srv/m".into())
+        );
         assert!(StoreUrl::parse("file://rel").is_err());
-        assert!(StoreUrl::parse("ftp://x").unwrap_err().contains("unknown scheme"));
+        assert!(
+            StoreUrl::parse("ftp://x")
+                .unwrap_err()
+                .contains("unknown scheme")
+        );
     }
 }
