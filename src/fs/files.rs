@@ -497,19 +497,27 @@ impl Core {
         if self.path_of(ino)?.1 == Kind::Dir {
             return Err(FsError::IsDir);
         }
-        let open_staged = fh
+        // ftruncate: the change goes to the store with the handle's close.
+        if let Some(staged) = fh
             .and_then(|fh| self.handle(fh).ok())
             .and_then(|h| h.staged.clone())
-            .or_else(|| {
-                self.inodes
-                    .lock()
-                    .unwrap()
-                    .get(ino)
-                    .and_then(|i| i.staged.clone())
-            });
-        if let Some(staged) = open_staged {
+        {
             let _excl = staged.lock.write().await;
             return staged.truncate(size);
+        }
+        // truncate(2) while another handle writes: durable when it returns.
+        let open_staged = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .and_then(|i| i.staged.clone());
+        if let Some(staged) = open_staged {
+            {
+                let _excl = staged.lock.write().await;
+                staged.truncate(size)?;
+            }
+            return self.upload(ino, &staged).await;
         }
         // truncate(2) on a file nobody has open: a whole open-write-close.
         let reply = self
