@@ -1,20 +1,22 @@
 //! Downloads into the cache, shared by every reader of the same object version.
 //!
-//! A download streams the object into a file under `tmp/` and publishes how many
-//! bytes are on disk, so readers can be served while it is still running, with
-//! memory bounded by one chunk whatever the object size. When the last byte has
-//! arrived and the length matches, the file is renamed into `data/`; a short or
-//! failed download is never entered in the cache.
+//! A download fills a file under `tmp/` in parts of PART_SIZE, fetched with
+//! several ranged GETs at once: the parts readers are waiting for first, then
+//! the rest in order (sequential prefetch). Readers are served as soon as their
+//! parts are on disk, and memory stays at a few stream chunks whatever the
+//! object size. Every part must come from the expected version. When the last
+//! part has arrived the file is renamed into `data/`; a short or failed
+//! download is never entered in the cache.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use super::DiskCache;
 use crate::store::{GetResult, ObjectMeta, Store, StoreError};
@@ -30,20 +32,54 @@ pub enum DownloadError {
     Io(String),
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Starting,
-    Progress(u64),
-    Done,
-    Failed(DownloadError),
+/// Objects are fetched in parts of this size, several at once.
+pub const PART_SIZE: u64 = 8 << 20;
+/// Parts in flight per object.
+const PARALLEL_PARTS: usize = 8;
+
+struct Progress {
+    /// The store has answered once with the version we expected.
+    started: bool,
+    done: Vec<bool>,
+    in_flight: Vec<bool>,
+    /// Parts readers are waiting for, most recent first.
+    wanted: Vec<usize>,
+    /// Next part in order (sequential prefetch).
+    next: usize,
+    remaining: usize,
+    failed: Option<DownloadError>,
+}
+
+impl Progress {
+    /// The part to fetch next: one a reader waits for, else the next in order.
+    fn pick(&mut self) -> Option<usize> {
+        while let Some(p) = self.wanted.pop() {
+            if !self.done[p] && !self.in_flight[p] {
+                return Some(p);
+            }
+        }
+        while self.next < self.done.len() {
+            let p = self.next;
+            self.next += 1;
+            if !self.done[p] && !self.in_flight[p] {
+                return Some(p);
+            }
+        }
+        None
+    }
 }
 
 pub struct Download {
     pub meta: ObjectMeta,
     file: File,
+    writer: File,
     tmp: PathBuf,
     committed: AtomicBool,
-    state: watch::Receiver<State>,
+    progress: Mutex<Progress>,
+    /// Wakes readers when a part lands or the download fails.
+    changed: Notify,
+    /// Wakes the driver when a reader wants a part.
+    wake_driver: Notify,
 }
 
 impl Drop for Download {
@@ -54,43 +90,70 @@ impl Drop for Download {
     }
 }
 
+fn part_count(size: u64) -> usize {
+    size.div_ceil(PART_SIZE).max(1) as usize
+}
+
 impl Download {
-    /// Wait until the store has answered with the object's headers.
-    pub async fn started(&self) -> Result<(), DownloadError> {
-        let mut rx = self.state.clone();
-        let state = rx
-            .wait_for(|s| !matches!(s, State::Starting))
-            .await
-            .map_err(|_| DownloadError::Io("download task ended".into()))?;
-        match &*state {
-            State::Failed(e) => Err(e.clone()),
-            _ => Ok(()),
+    /// Wait until `check` says yes (Ok(true)) or fails, re-checking whenever
+    /// the download makes progress.
+    async fn wait_until(
+        &self,
+        mut check: impl FnMut(&mut Progress) -> bool,
+    ) -> Result<(), DownloadError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut p = self.progress.lock().unwrap();
+                if let Some(e) = &p.failed {
+                    return Err(e.clone());
+                }
+                if check(&mut p) {
+                    return Ok(());
+                }
+            }
+            self.wake_driver.notify_one();
+            notified.await;
         }
     }
 
-    /// Wait until bytes up to `end` (or the whole object) are on disk.
-    pub async fn ready_until(&self, end: u64) -> Result<(), DownloadError> {
+    /// Wait until the store has answered with the object's headers.
+    pub async fn started(&self) -> Result<(), DownloadError> {
+        self.wait_until(|p| p.started || p.remaining == 0).await
+    }
+
+    /// Wait until the bytes `[start, end)` are on disk, fetching their parts
+    /// before any other.
+    pub async fn ready_range(&self, start: u64, end: u64) -> Result<(), DownloadError> {
         let end = end.min(self.meta.size);
-        let mut rx = self.state.clone();
-        let state = rx
-            .wait_for(|s| match s {
-                State::Starting => false,
-                State::Progress(n) => *n >= end,
-                State::Done | State::Failed(_) => true,
-            })
-            .await
-            .map_err(|_| DownloadError::Io("download task ended".into()))?;
-        match &*state {
-            State::Failed(e) => Err(e.clone()),
-            _ => Ok(()),
+        if start >= end {
+            return self.started().await;
         }
+        let first = (start / PART_SIZE) as usize;
+        let last = ((end - 1) / PART_SIZE) as usize;
+        let mut asked = false;
+        self.wait_until(|p| {
+            if (first..=last).all(|i| p.done[i]) {
+                return true;
+            }
+            if !asked {
+                // Popped from the end: push the later parts first.
+                p.wanted
+                    .extend((first..=last).rev().filter(|&i| !p.done[i]));
+                asked = true;
+            }
+            false
+        })
+        .await
     }
 
     pub async fn complete(&self) -> Result<(), DownloadError> {
-        self.ready_until(self.meta.size).await
+        self.wait_until(|p| p.remaining == 0).await
     }
 
-    /// The downloaded bytes; read only what `ready_until` has confirmed.
+    /// The downloaded bytes; read only what `ready_range` has confirmed.
     pub fn as_file(&self) -> &File {
         &self.file
     }
@@ -101,13 +164,22 @@ impl Download {
     }
 
     fn failed(&self) -> bool {
-        matches!(&*self.state.borrow(), State::Failed(_))
+        self.progress.lock().unwrap().failed.is_some()
+    }
+
+    fn fail(&self, e: DownloadError) {
+        let mut p = self.progress.lock().unwrap();
+        if p.failed.is_none() {
+            p.failed = Some(e);
+        }
+        drop(p);
+        self.changed.notify_waiters();
     }
 }
 
 impl DiskCache {
     /// Start (or join) the download of `meta`. Concurrent callers for the same
-    /// version share one GET.
+    /// version share one download.
     pub fn fetch(
         self: &Arc<Self>,
         store: &Arc<dyn Store>,
@@ -128,13 +200,24 @@ impl DiskCache {
             .open(&tmp)
             .map_err(|e| DownloadError::Io(format!("{}: {e}", tmp.display())))?;
         let reader = File::open(&tmp).map_err(|e| DownloadError::Io(e.to_string()))?;
-        let (tx, rx) = watch::channel(State::Starting);
+        let parts = part_count(meta.size);
         let download = Arc::new(Download {
             meta: meta.clone(),
             file: reader,
+            writer,
             tmp,
             committed: AtomicBool::new(false),
-            state: rx,
+            progress: Mutex::new(Progress {
+                started: false,
+                done: vec![false; parts],
+                in_flight: vec![false; parts],
+                wanted: Vec::new(),
+                next: 0,
+                remaining: parts,
+                failed: None,
+            }),
+            changed: Notify::new(),
+            wake_driver: Notify::new(),
         });
         downloads.insert(name.clone(), Arc::downgrade(&download));
         drop(downloads);
@@ -143,73 +226,204 @@ impl DiskCache {
         let store = Arc::clone(store);
         let dl = Arc::clone(&download);
         tokio::spawn(async move {
-            let result = cache.run_download(&*store, &dl, writer, &tx).await;
+            let result = drive(&cache, &store, &dl).await;
             cache.downloads.lock().unwrap().remove(&name);
-            match result {
-                Ok(()) => {
-                    let _ = tx.send(State::Done);
-                }
-                Err(e) => {
-                    tracing::warn!(key = %dl.meta.key, error = %e, "download failed");
-                    let _ = tx.send(State::Failed(e));
-                }
+            if let Err(e) = result {
+                tracing::warn!(key = %dl.meta.key, error = %e, "download failed");
+                dl.fail(e);
             }
         });
         Ok(download)
     }
+}
 
-    async fn run_download(
-        &self,
-        store: &dyn Store,
-        dl: &Download,
-        mut writer: File,
-        tx: &watch::Sender<State>,
-    ) -> Result<(), DownloadError> {
-        let expected = &dl.meta;
-        let mut body = match store.get(&expected.key, None, None).await? {
-            GetResult::Body { meta, body } => {
-                if meta.version != expected.version || meta.size != expected.size {
-                    return Err(DownloadError::Changed);
+/// Keep up to PARALLEL_PARTS part requests running, readers' parts first,
+/// until every part is on disk; then enter the file in the cache.
+async fn drive(
+    cache: &Arc<DiskCache>,
+    store: &Arc<dyn Store>,
+    dl: &Arc<Download>,
+) -> Result<(), DownloadError> {
+    let mut running = JoinSet::new();
+    loop {
+        {
+            let mut p = dl.progress.lock().unwrap();
+            while running.len() < PARALLEL_PARTS {
+                let Some(part) = p.pick() else { break };
+                p.in_flight[part] = true;
+                let (cache, store, dl) = (cache.clone(), store.clone(), dl.clone());
+                running.spawn(async move {
+                    let r = fetch_part(&cache, &*store, &dl, part).await;
+                    (part, r)
+                });
+            }
+            if p.remaining == 0 {
+                break;
+            }
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { continue };
+                let (part, result) = joined.map_err(|e| DownloadError::Io(format!("part task: {e}")))?;
+                result?;
+                let mut p = dl.progress.lock().unwrap();
+                p.in_flight[part] = false;
+                p.done[part] = true;
+                p.remaining -= 1;
+                let all_done = p.remaining == 0;
+                drop(p);
+                if !all_done {
+                    dl.changed.notify_waiters();
                 }
-                body
             }
-            GetResult::NotModified => {
-                return Err(DownloadError::Io(
-                    "store answered 304 to a plain GET".into(),
-                ));
-            }
-        };
-        tx.send_replace(State::Progress(0));
-        let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            writer
-                .write_all(&chunk)
-                .map_err(|e| DownloadError::Io(e.to_string()))?;
-            written += chunk.len() as u64;
-            self.stats
-                .bytes_fetched
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            // The last bytes are announced as Done, after the rename into
-            // the cache: a reader that finishes never races the commit.
-            if written < expected.size {
-                tx.send_replace(State::Progress(written));
-            }
+            _ = dl.wake_driver.notified() => {}
         }
-        if written != expected.size {
-            return Err(DownloadError::Io(format!(
-                "short body: got {written} of {} bytes",
-                expected.size
-            )));
+    }
+    dl.writer
+        .sync_data()
+        .map_err(|e| DownloadError::Io(e.to_string()))?;
+    match cache.insert_file(&dl.tmp, &dl.meta) {
+        Ok(true) => dl.committed.store(true, Ordering::Release),
+        Ok(false) => {} // larger than the cache: served from tmp, then dropped
+        Err(e) => {
+            tracing::warn!(key = %dl.meta.key, error = %e, "could not keep the download in the cache")
         }
-        drop(writer);
-        match self.insert_file(&dl.tmp, expected) {
-            Ok(true) => dl.committed.store(true, Ordering::Release),
-            Ok(false) => {} // larger than the cache: served from tmp, then dropped
-            Err(e) => {
-                tracing::warn!(key = %expected.key, error = %e, "could not keep the download in the cache")
+    }
+    // The last part is announced only now, after the rename: a reader that
+    // finishes never races the commit.
+    dl.changed.notify_waiters();
+    Ok(())
+}
+
+/// One ranged GET, written at its offset.
+async fn fetch_part(
+    cache: &DiskCache,
+    store: &dyn Store,
+    dl: &Download,
+    part: usize,
+) -> Result<(), DownloadError> {
+    let expected = &dl.meta;
+    let start = part as u64 * PART_SIZE;
+    let end = (start + PART_SIZE).min(expected.size);
+    let whole = start == 0 && end == expected.size;
+    let range = (!whole).then_some(start..end);
+    let mut body = match store.get(&expected.key, range, None).await? {
+        GetResult::Body { meta, body } => {
+            if meta.version != expected.version || meta.size != expected.size {
+                return Err(DownloadError::Changed);
             }
+            body
         }
-        Ok(())
+        GetResult::NotModified => {
+            return Err(DownloadError::Io(
+                "store answered 304 to a plain GET".into(),
+            ));
+        }
+    };
+    let first_answer = !std::mem::replace(&mut dl.progress.lock().unwrap().started, true);
+    if first_answer {
+        dl.changed.notify_waiters();
+    }
+    let mut offset = start;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if offset + chunk.len() as u64 > end {
+            return Err(DownloadError::Io(
+                "store sent more bytes than asked for".into(),
+            ));
+        }
+        dl.writer
+            .write_all_at(&chunk, offset)
+            .map_err(|e| DownloadError::Io(e.to_string()))?;
+        offset += chunk.len() as u64;
+        cache
+            .stats
+            .bytes_fetched
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    if offset != end {
+        return Err(DownloadError::Io(format!(
+            "short body: got {} of {} bytes at offset {start}",
+            offset - start,
+            end - start
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::sync::atomic::Ordering;
+
+    fn setup() -> (tempfile::TempDir, Arc<DiskCache>, Arc<MemoryStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), "mem", 1 << 30).unwrap();
+        (dir, cache, Arc::new(MemoryStore::new()))
+    }
+
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn read(dl: &Download, start: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        dl.as_file().read_exact_at(&mut buf, start).unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn large_object_in_parallel_parts_random_read_first() {
+        let (_d, cache, mem) = setup();
+        let data = bytes(20 << 20);
+        let meta = mem.insert("big", &data);
+        let store: Arc<dyn Store> = mem.clone();
+        let dl = cache.fetch(&store, &meta).unwrap();
+        let at = (19 << 20) + 123;
+        dl.ready_range(at, at + 4096).await.unwrap();
+        assert_eq!(read(&dl, at, 4096), &data[at as usize..at as usize + 4096]);
+        dl.complete().await.unwrap();
+        assert_eq!(read(&dl, 0, data.len()), data);
+        assert_eq!(mem.gets.load(Ordering::Relaxed), 3, "three 8 MiB parts");
+        assert!(
+            cache.open_entry(&meta).is_some(),
+            "complete download is cached"
+        );
+        // A second fetch of a cached version is never needed; a concurrent one
+        // shares the first.
+        let again = cache.fetch(&store, &meta).unwrap();
+        again.complete().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn changed_version_fails_and_is_not_cached() {
+        let (_d, cache, mem) = setup();
+        let old = mem.insert("x", b"old bytes");
+        mem.insert("x", b"new bytes");
+        let store: Arc<dyn Store> = mem.clone();
+        let dl = cache.fetch(&store, &old).unwrap();
+        assert_eq!(dl.started().await.unwrap_err(), DownloadError::Changed);
+        assert!(cache.open_entry(&old).is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_an_error_and_never_cached() {
+        let (_d, cache, mem) = setup();
+        let meta = mem.insert("t", &bytes(100_000));
+        mem.truncate_bodies.store(true, Ordering::Relaxed);
+        let store: Arc<dyn Store> = mem.clone();
+        let dl = cache.fetch(&store, &meta).unwrap();
+        let err = dl.complete().await.unwrap_err();
+        assert!(
+            matches!(err, DownloadError::Io(ref m) if m.contains("short body")),
+            "{err:?}"
+        );
+        assert!(cache.open_entry(&meta).is_none());
+        // A later fetch starts afresh and succeeds once the store behaves.
+        mem.truncate_bodies.store(false, Ordering::Relaxed);
+        let dl = cache.fetch(&store, &meta).unwrap();
+        dl.complete().await.unwrap();
+        assert!(cache.open_entry(&meta).is_some());
     }
 }

@@ -324,7 +324,7 @@ impl Core {
             ReadSource::None | ReadSource::Empty => Ok(Vec::new()),
             ReadSource::Cached(f) => read_file_at(f, offset, size as usize),
             ReadSource::Download(dl) => {
-                dl.ready_until(offset + size as u64).await?;
+                dl.ready_range(offset, offset + size as u64).await?;
                 let len = (size as u64).min(dl.meta.size.saturating_sub(offset)) as usize;
                 read_file_at(dl.as_file(), offset, len)
             }

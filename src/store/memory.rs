@@ -25,6 +25,8 @@ pub struct MemoryStore {
     pub gets: AtomicUsize,
     /// When set, every put fails (a store that is down for writes).
     pub fail_puts: std::sync::atomic::AtomicBool,
+    /// When set, bodies lose their last chunk (a connection cut short).
+    pub truncate_bodies: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -117,10 +119,13 @@ impl Store for MemoryStore {
             None => data,
         };
         // Several chunks, so readers see a download in progress.
-        let chunks: Vec<StoreResult<Bytes>> = data
+        let mut chunks: Vec<StoreResult<Bytes>> = data
             .chunks(4096)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
+        if self.truncate_bodies.load(Ordering::Relaxed) {
+            chunks.pop();
+        }
         Ok(GetResult::Body {
             meta,
             body: futures::stream::iter(chunks).boxed(),

@@ -93,6 +93,24 @@ pub fn copy_in_is_in_store_at_close(ctx: &StoreCtx) {
     );
 }
 
+pub fn large_file_cold_random_then_sequential(ctx: &StoreCtx) {
+    use std::os::unix::fs::FileExt;
+    let len = 40 * 1024 * 1024 + 4321;
+    let data = pattern(len, 3);
+    ctx.put("video.mp4", &data);
+    let m = ctx.mount();
+    let f = File::open(m.path("video.mp4")).unwrap();
+    // Cold random reads, the far end first: served before the whole file is here.
+    for &at in &[len - 5000, 17 * 1024 * 1024 + 3, 4096, 0, 33 * 1024 * 1024] {
+        let mut buf = vec![0; 4096.min(len - at)];
+        f.read_exact_at(&mut buf, at as u64).unwrap();
+        assert_eq!(buf, &data[at..at + buf.len()], "at {at}");
+    }
+    assert_eq!(read(&m.path("video.mp4")), data);
+    // Read again by another opener: from the cache, still identical.
+    assert_eq!(read(&m.path("video.mp4")), data);
+}
+
 pub fn zero_byte_file(ctx: &StoreCtx) {
     let m = ctx.mount();
     File::create(m.path("empty")).unwrap();
@@ -397,7 +415,7 @@ pub fn concurrent_readers_and_writers(ctx: &StoreCtx) {
 macro_rules! store_suite {
     ($make:path) => {
         $crate::store_suite!(@tests $make;
-            copy_in_is_in_store_at_close, zero_byte_file, store_side_write_appears_within_ttl,
+            copy_in_is_in_store_at_close, large_file_cold_random_then_sequential, zero_byte_file, store_side_write_appears_within_ttl,
             changed_in_store_is_read_fresh_after_ttl, random_write_append_truncate,
             exclusive_create, directories, large_directory, renames, attributes,
             unsupported_and_bad_names, second_mount_sees_writes, concurrent_readers_and_writers);
