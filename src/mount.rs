@@ -130,6 +130,9 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         Err(_) => return Err("the FUSE session thread panicked".into()),
     }
     rt.block_on(core.wait_uploads());
+    if let Err(e) = core.cache().mark_clean() {
+        tracing::warn!(error = %e, "could not record a clean stop in the cache directory");
+    }
     eprintln!("mediafs: unmounted {}", args.mountpoint.display());
     Ok(())
 }

@@ -279,9 +279,6 @@ async fn drive(
             _ = dl.wake_driver.notified() => {}
         }
     }
-    dl.writer
-        .sync_data()
-        .map_err(|e| DownloadError::Io(e.to_string()))?;
     match cache.insert_file(&dl.tmp, &dl.meta) {
         Ok(true) => dl.committed.store(true, Ordering::Release),
         Ok(false) => {} // larger than the cache: served from tmp, then dropped

@@ -13,6 +13,7 @@
 //! its file. At start-up the index is rebuilt from `data/`, oldest access first.
 
 mod download;
+mod run_state;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 pub use download::{Download, DownloadError};
 
 use crate::store::ObjectMeta;
+use run_state::RunGuard;
 
 /// Weights are in KiB so that a u32 weight covers objects up to 4 TiB.
 const WEIGHT_UNIT: u64 = 1024;
@@ -41,6 +43,7 @@ pub struct DiskCache {
     downloads: Mutex<HashMap<String, Weak<Download>>>,
     tmp_counter: AtomicU64,
     stats: CacheStats,
+    run: RunGuard,
 }
 
 #[derive(Default)]
@@ -65,6 +68,7 @@ impl DiskCache {
     /// bounded to `capacity` bytes, and rebuild the index from disk.
     pub fn open(root: &Path, store_id: &str, capacity: u64) -> std::io::Result<Arc<Self>> {
         private_dir(root)?;
+        let (run, unsafe_since) = RunGuard::acquire(root)?;
         let data = root.join("data");
         let tmp = root.join("tmp");
         private_dir(&data)?;
@@ -96,8 +100,9 @@ impl DiskCache {
             downloads: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
             stats: CacheStats::default(),
+            run,
         });
-        cache.scan()?;
+        cache.scan(unsafe_since)?;
         Ok(cache)
     }
 
@@ -119,10 +124,17 @@ impl DiskCache {
         self.index.iter().map(|(_, size)| size).sum()
     }
 
+    /// The cache is consistent on disk; see `run_state`.
+    pub fn mark_clean(&self) -> std::io::Result<()> {
+        self.run.mark_clean()
+    }
+
     /// Rebuild the index from the files on disk, least recently used first so
-    /// that LRU order survives a restart as well as atimes allow.
-    fn scan(&self) -> std::io::Result<()> {
+    /// that LRU order survives a restart as well as atimes allow. Files written
+    /// since `distrust_since` (an unclean run before a reboot) are dropped.
+    fn scan(&self, distrust_since: Option<std::time::SystemTime>) -> std::io::Result<()> {
         let mut found = Vec::new();
+        let mut dropped = 0;
         for shard in fs::read_dir(&self.data)? {
             let shard = shard?;
             if !shard.file_type()?.is_dir() {
@@ -134,12 +146,21 @@ impl DiskCache {
                 let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if meta.is_file() && is_entry_name(&name) {
+                let suspect =
+                    distrust_since.is_some_and(|t| meta.modified().map(|m| m >= t).unwrap_or(true));
+                if meta.is_file() && is_entry_name(&name) && !suspect {
                     found.push((meta.atime(), name, meta.len()));
                 } else {
+                    dropped += u64::from(suspect);
                     let _ = fs::remove_file(entry.path());
                 }
             }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "the machine stopped without a clean unmount: dropped cache entries written during that run"
+            );
         }
         found.sort();
         for (_, name, size) in found {

@@ -116,13 +116,15 @@ impl Core {
                 backing: None,
             });
         }
-        if self
+        // Being written on this host: read the local bytes, from a handle of
+        // its own (the inode may retire its staging file at any time).
+        let staged = self
             .inodes
             .lock()
             .unwrap()
             .get(ino)
-            .is_some_and(|i| i.staged.is_some())
-        {
+            .and_then(|i| i.staged.clone());
+        if let Some(staged) = staged {
             let fh = self.register(
                 ino,
                 Handle {
@@ -130,7 +132,7 @@ impl Core {
                     write: false,
                     append: false,
                     source: ReadSource::None,
-                    staged: None,
+                    staged: Some(staged),
                 },
             );
             return Ok(OpenReply {
@@ -309,13 +311,14 @@ impl Core {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
-        let staged = self
+        // The newest local bytes first: a writer on this host is seen at once.
+        let current = self
             .inodes
             .lock()
             .unwrap()
             .get(h.ino)
             .and_then(|i| i.staged.clone());
-        if let Some(staged) = staged {
+        if let Some(staged) = current.or_else(|| h.staged.clone()) {
             let _shared = staged.lock.read().await;
             let len = (size as u64).min(staged.size().saturating_sub(offset)) as usize;
             return read_file_at(staged.as_file(), offset, len);

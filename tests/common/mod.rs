@@ -228,3 +228,17 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// Compare bytes without printing megabytes on failure.
+#[track_caller]
+pub fn assert_same(actual: &[u8], expected: &[u8], what: &str) {
+    if actual != expected {
+        let first = actual.iter().zip(expected).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes read, {} expected; first difference at {:?}",
+            actual.len(),
+            expected.len(),
+            first
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mediafs::store::{GetResult, Store};
 
-use super::{MountSpec, Mounted, errno_of, eventually, pattern};
+use super::{MountSpec, Mounted, assert_same, errno_of, eventually, pattern};
 
 /// An empty store of one kind, and a way to look at it without the mount.
 pub struct StoreCtx {
@@ -85,8 +85,8 @@ pub fn copy_in_is_in_store_at_close(ctx: &StoreCtx) {
     fs::write(src.path(), &data).unwrap();
     fs::copy(src.path(), m.path("photo.jpg")).unwrap();
     // close() has returned: the store holds every byte, now.
-    assert_eq!(ctx.get("photo.jpg").as_deref(), Some(&data[..]));
-    assert_eq!(read(&m.path("photo.jpg")), data);
+    assert_same(&ctx.get("photo.jpg").unwrap(), &data, "store copy at close");
+    assert_same(&read(&m.path("photo.jpg")), &data, "read back");
     assert_eq!(
         fs::metadata(m.path("photo.jpg")).unwrap().len(),
         data.len() as u64
@@ -104,11 +104,11 @@ pub fn large_file_cold_random_then_sequential(ctx: &StoreCtx) {
     for &at in &[len - 5000, 17 * 1024 * 1024 + 3, 4096, 0, 33 * 1024 * 1024] {
         let mut buf = vec![0; 4096.min(len - at)];
         f.read_exact_at(&mut buf, at as u64).unwrap();
-        assert_eq!(buf, &data[at..at + buf.len()], "at {at}");
+        assert_same(&buf, &data[at..at + buf.len()], &format!("at {at}"));
     }
-    assert_eq!(read(&m.path("video.mp4")), data);
+    assert_same(&read(&m.path("video.mp4")), &data, "video");
     // Read again by another opener: from the cache, still identical.
-    assert_eq!(read(&m.path("video.mp4")), data);
+    assert_same(&read(&m.path("video.mp4")), &data, "video");
 }
 
 pub fn zero_byte_file(ctx: &StoreCtx) {
@@ -395,17 +395,18 @@ pub fn concurrent_readers_and_writers(ctx: &StoreCtx) {
         for i in 0..8 {
             let (m, data) = (&m, &data);
             s.spawn(move || {
-                assert_eq!(&read(&m.path("shared.bin")), data);
+                assert_same(&read(&m.path("shared.bin")), data, "shared reader");
                 let own = pattern(10_000 + i, i as u64);
                 fs::write(m.path(&format!("w{i}")), &own).unwrap();
-                assert_eq!(read(&m.path(&format!("w{i}"))), own);
+                assert_same(&read(&m.path(&format!("w{i}"))), &own, "own write");
             });
         }
     });
     for i in 0..8 {
-        assert_eq!(
-            ctx.get(&format!("w{i}")).unwrap(),
-            pattern(10_000 + i, i as u64)
+        assert_same(
+            &ctx.get(&format!("w{i}")).unwrap(),
+            &pattern(10_000 + i, i as u64),
+            "stored",
         );
     }
 }
