@@ -95,6 +95,9 @@ pub struct MountArgs {
     /// Go to the background once the mount is ready.
     #[arg(long)]
     pub daemon: bool,
+    /// Never let the kernel read cache files directly (FUSE passthrough).
+    #[arg(long)]
+    pub no_passthrough: bool,
 
     /// S3 endpoint URL (else AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL")]

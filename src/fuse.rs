@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle as Runtime;
 
@@ -91,6 +91,13 @@ impl Filesystem for MediaFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open(): no download of a file about to be emptied.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Cache files live on a plain local filesystem: stacking depth 1.
+        if self.core.config().passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.core.enable_passthrough();
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -267,16 +274,37 @@ impl Filesystem for MediaFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let core = self.core.clone();
+        let core2 = self.core.clone();
         self.spawn(
             async move { core.open(ino.0, flags.0).await },
             reply,
-            |r, o| {
+            move |r, o| {
                 let flags = if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                r.opened(FileHandle(o.fh), flags)
+                let Some(pt) = o.passthrough else {
+                    return r.opened(FileHandle(o.fh), flags);
+                };
+                // One backing file per inode, shared by all its passthrough opens.
+                let backing = match pt.existing.and_then(|b| b.downcast::<BackingId>().ok()) {
+                    Some(b) => Ok(b),
+                    None => r.open_backing(&pt.file).map(Arc::new),
+                };
+                match backing {
+                    Ok(b) => {
+                        // Recorded before the reply, so a quick release finds it.
+                        core2.set_backing(o.fh, b.clone());
+                        // The kernel refuses page-cache flags on a passthrough
+                        // open (its pages are the backing file's).
+                        r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b);
+                    }
+                    Err(e) => {
+                        core2.passthrough_refused(o.fh, &e);
+                        r.opened(FileHandle(o.fh), flags)
+                    }
+                }
             },
         );
     }

@@ -49,6 +49,7 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         gid: args.gid.unwrap_or(defaults.gid),
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
+        passthrough: !args.no_passthrough,
     };
     let core = Core::new(store.clone(), cache, cfg).map_err(|e| e.to_string())?;
 

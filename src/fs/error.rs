@@ -32,6 +32,8 @@ pub enum FsError {
     PermissionDenied(String),
     #[error("the file changed in the store while it was being read")]
     Stale,
+    #[error("busy: {0}")]
+    Busy(&'static str),
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -54,6 +56,7 @@ impl FsError {
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::PermissionDenied(_) => libc::EACCES,
             FsError::Stale => libc::ESTALE,
+            FsError::Busy(_) => libc::EBUSY,
             FsError::Io(_) => libc::EIO,
         }
     }

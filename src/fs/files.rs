@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use super::inode::Kind;
+use super::passthrough::PassthroughOpen;
 use super::staging::Staged;
 use super::{Attr, Core, FsError, FsResult, Handle};
 use crate::cache::Download;
@@ -30,8 +31,8 @@ pub struct OpenReply {
     pub fh: u64,
     /// The kernel may keep its page cache: the version is the one it last saw.
     pub keep_cache: bool,
-    /// A complete local file holding the bytes, for FUSE passthrough.
-    pub backing: Option<File>,
+    /// Let the kernel read a local file directly (FUSE passthrough).
+    pub passthrough: Option<PassthroughOpen>,
 }
 
 /// How many times an open retries when the object changes under it.
@@ -80,7 +81,7 @@ impl Core {
         fh
     }
 
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles
             .lock()
             .unwrap()
@@ -98,22 +99,23 @@ impl Core {
         }
         if write {
             self.check_writable()?;
-            let staged = self.stage(ino, truncate).await?;
+            self.claim_plain_io(ino).await?;
+            let staged = match self.stage(ino, truncate).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.release_io(ino, false);
+                    return Err(e);
+                }
+            };
             staged.writers.fetch_add(1, Ordering::AcqRel);
             let fh = self.register(
                 ino,
-                Handle {
-                    ino,
-                    write: true,
-                    append,
-                    source: ReadSource::None,
-                    staged: Some(staged),
-                },
+                Handle::new(ino, ReadSource::None, Some(staged), true, append, false),
             );
             return Ok(OpenReply {
                 fh,
                 keep_cache: false,
-                backing: None,
+                passthrough: None,
             });
         }
         // Being written on this host: read the local bytes, from a handle of
@@ -125,20 +127,15 @@ impl Core {
             .get(ino)
             .and_then(|i| i.staged.clone());
         if let Some(staged) = staged {
+            self.claim_plain_io(ino).await?;
             let fh = self.register(
                 ino,
-                Handle {
-                    ino,
-                    write: false,
-                    append: false,
-                    source: ReadSource::None,
-                    staged: Some(staged),
-                },
+                Handle::new(ino, ReadSource::None, Some(staged), false, false, false),
             );
             return Ok(OpenReply {
                 fh,
                 keep_cache: false,
-                backing: None,
+                passthrough: None,
             });
         }
         let mut attempt = 0;
@@ -153,10 +150,11 @@ impl Core {
                 Err(e) => return Err(e),
             }
         };
-        let backing = match &source {
-            ReadSource::Cached(f) => f.try_clone().ok(),
+        let cached = match &source {
+            ReadSource::Cached(f) => Some(f),
             _ => None,
         };
+        let passthrough = self.claim_read_io(ino, &meta.version, cached).await?;
         let keep_cache = {
             let mut t = self.inodes.lock().unwrap();
             let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -166,18 +164,12 @@ impl Core {
         };
         let fh = self.register(
             ino,
-            Handle {
-                ino,
-                write: false,
-                append: false,
-                source,
-                staged: None,
-            },
+            Handle::new(ino, source, None, false, false, passthrough.is_some()),
         );
         Ok(OpenReply {
             fh,
             keep_cache,
-            backing,
+            passthrough,
         })
     }
 
@@ -284,19 +276,14 @@ impl Core {
             let i = t.get_mut(ino).expect("just inserted");
             i.staged = Some(staged.clone());
             i.lookups += 1;
+            i.io_plain += 1; // a new inode: no passthrough opens to wait for
             ino
         };
         self.invalidate(&path);
         let append = flags & libc::O_APPEND != 0;
         let fh = self.register(
             ino,
-            Handle {
-                ino,
-                write: true,
-                append,
-                source: ReadSource::None,
-                staged: Some(staged),
-            },
+            Handle::new(ino, ReadSource::None, Some(staged), true, append, false),
         );
         let attr = self.getattr_cached(ino).ok_or(FsError::NotFound)?;
         Ok((
@@ -304,7 +291,7 @@ impl Core {
             OpenReply {
                 fh,
                 keep_cache: false,
-                backing: None,
+                passthrough: None,
             },
         ))
     }
@@ -424,6 +411,7 @@ impl Core {
             }
             self.retire_staged(h.ino, staged).await;
         }
+        self.release_io(h.ino, h.passthrough.load(Ordering::Acquire));
         let mut t = self.inodes.lock().unwrap();
         if let Some(i) = t.get_mut(h.ino) {
             i.open = i.open.saturating_sub(1);

@@ -40,6 +40,12 @@ pub struct Inode {
     pub unlinked: bool,
     /// The version whose bytes the kernel page cache may hold (FOPEN_KEEP_CACHE).
     pub kernel_version: Option<String>,
+    /// Opens served through us, and opens served by FUSE passthrough (see
+    /// `fs::passthrough`), with the version and backing file of the latter.
+    pub io_plain: u32,
+    pub io_passthrough: u32,
+    pub pt_version: Option<String>,
+    pub backing: Option<super::passthrough::Backing>,
 }
 
 impl Inode {
@@ -125,6 +131,10 @@ impl InodeTable {
             local_only: false,
             unlinked: false,
             kernel_version: None,
+            io_plain: 0,
+            io_passthrough: 0,
+            pt_version: None,
+            backing: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 mod files;
 pub mod inode;
 mod namespace;
+mod passthrough;
 pub mod staging;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use error::{FsError, FsResult};
 pub use files::{OpenReply, ReadSource};
 pub use inode::{Kind, ROOT_INO};
 pub use namespace::DirEntry;
+pub use passthrough::{Backing, PassthroughOpen};
 
 use crate::cache::{DiskCache, private_dir};
 use crate::store::{MAX_KEY_BYTES, MAX_NAME_BYTES, Node, Store, join_key};
@@ -42,6 +44,8 @@ pub struct CoreConfig {
     pub gid: u32,
     pub file_mode: u32,
     pub dir_mode: u32,
+    /// Offer FUSE passthrough for fully cached files (if the kernel agrees).
+    pub passthrough: bool,
 }
 
 impl Default for CoreConfig {
@@ -53,6 +57,7 @@ impl Default for CoreConfig {
             gid: unsafe { libc::getegid() },
             file_mode: 0o644,
             dir_mode: 0o755,
+            passthrough: true,
         }
     }
 }
@@ -86,6 +91,28 @@ pub(crate) struct Handle {
     pub append: bool,
     pub source: ReadSource,
     pub staged: Option<Arc<staging::Staged>>,
+    /// Served by FUSE passthrough (the kernel reads the cache file itself).
+    pub passthrough: std::sync::atomic::AtomicBool,
+}
+
+impl Handle {
+    fn new(
+        ino: u64,
+        source: ReadSource,
+        staged: Option<Arc<staging::Staged>>,
+        write: bool,
+        append: bool,
+        passthrough: bool,
+    ) -> Self {
+        Handle {
+            ino,
+            write,
+            append,
+            source,
+            staged,
+            passthrough: std::sync::atomic::AtomicBool::new(passthrough),
+        }
+    }
 }
 
 pub struct Core {
@@ -106,6 +133,8 @@ pub struct Core {
     pub(crate) stage_lock: tokio::sync::Mutex<()>,
     uploads: AtomicUsize,
     uploads_done: Notify,
+    /// FUSE passthrough is on (config allows it and the kernel agreed).
+    pub(crate) passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -146,6 +175,7 @@ impl Core {
             stage_lock: tokio::sync::Mutex::new(()),
             uploads: AtomicUsize::new(0),
             uploads_done: Notify::new(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

@@ -411,6 +411,34 @@ pub fn concurrent_readers_and_writers(ctx: &StoreCtx) {
     }
 }
 
+/// Cached files are served by FUSE passthrough; a writer on the same host
+/// waits for such readers to close (the kernel allows no mix of modes).
+pub fn passthrough_readers_and_a_writer(ctx: &StoreCtx) {
+    let data = pattern(1 << 20, 11);
+    ctx.put("pt.bin", &data);
+    let m = ctx.mount();
+    assert_same(&read(&m.path("pt.bin")), &data, "first read (download)");
+    let reader = File::open(m.path("pt.bin")).unwrap();
+    assert_same(&read(&m.path("pt.bin")), &data, "second reader");
+    assert!(
+        m.log().contains("passthrough open"),
+        "cached reads use passthrough"
+    );
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| fs::write(m.path("pt.bin"), b"rewritten"));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(reader);
+        writer.join().unwrap().unwrap();
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the writer waited for the reader"
+    );
+    assert_eq!(ctx.get("pt.bin").unwrap(), b"rewritten");
+    assert_eq!(read(&m.path("pt.bin")), b"rewritten");
+}
+
 /// One #[test] per check, for a store given by `$make(name) -> StoreCtx`.
 #[macro_export]
 macro_rules! store_suite {
@@ -419,7 +447,8 @@ macro_rules! store_suite {
             copy_in_is_in_store_at_close, large_file_cold_random_then_sequential, zero_byte_file, store_side_write_appears_within_ttl,
             changed_in_store_is_read_fresh_after_ttl, random_write_append_truncate,
             exclusive_create, directories, large_directory, renames, attributes,
-            unsupported_and_bad_names, second_mount_sees_writes, concurrent_readers_and_writers);
+            unsupported_and_bad_names, second_mount_sees_writes, concurrent_readers_and_writers,
+            passthrough_readers_and_a_writer);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
