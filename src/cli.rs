@@ -95,6 +95,10 @@ pub struct MountArgs {
     /// Go to the background once the mount is ready.
     #[arg(long)]
     pub daemon: bool,
+    /// Seconds a store request may go unanswered before it fails with EIO
+    /// (uploads get extra time for their size).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_timeout: u64,
     /// Never let the kernel read cache files directly (FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
@@ -13,7 +14,8 @@ use crate::cache::DiskCache;
 use crate::cli::MountArgs;
 use crate::fs::{Core, CoreConfig};
 use crate::fuse::MediaFs;
-use crate::store::{StoreOptions, StoreUrl, open_store};
+use crate::store::timeout::TimeoutStore;
+use crate::store::{Store, StoreOptions, StoreUrl, open_store};
 
 /// Set in the child of `--daemon`: the fd to write one byte to once ready.
 const READY_FD_ENV: &str = "MEDIAFS_DAEMON_READY_FD";
@@ -39,6 +41,10 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         profile: args.profile.clone(),
     };
     let store = rt.block_on(open_store(&url, &opts))?;
+    let store: Arc<dyn Store> = Arc::new(TimeoutStore::new(
+        store,
+        Duration::from_secs(args.store_timeout),
+    ));
     let cache = DiskCache::open(&args.cache_dir, &url.identity(), args.cache_size)
         .map_err(|e| format!("cache directory {}: {e}", args.cache_dir.display()))?;
     let defaults = CoreConfig::default();

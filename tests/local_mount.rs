@@ -329,3 +329,70 @@ fn cache_stats_and_clear() {
     assert!(st.success());
     assert_eq!(mediafs::cache::dir_usage(&cache).unwrap(), (0, 0));
 }
+
+/// A small tmpfs as the cache disk, mounted for one test.
+struct TinyDisk(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
+impl TinyDisk {
+    fn new(size: &str) -> TinyDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk");
+        fs::create_dir(&p).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmpfs mount (tests run as root)");
+        TinyDisk(p, dir)
+    }
+}
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_cache_disk_reads_still_work_and_writes_fail_cleanly() {
+    let ctx = local("fulldisk");
+    let root = root_of(&ctx);
+    for i in 0..3 {
+        fs::write(root.join(format!("big{i}")), pattern(1536 * 1024, i)).unwrap();
+    }
+    let disk = TinyDisk::new("2m");
+    // The cache bound is larger than the disk: the disk fills first.
+    let m = ctx
+        .spec()
+        .cache_dir(&disk.0.join("cache"))
+        .arg("--cache-size")
+        .arg("1G")
+        .mount();
+    for round in 0..2 {
+        for i in 0..3 {
+            let got = fs::read(m.path(&format!("big{i}"))).unwrap();
+            common::assert_same(
+                &got,
+                &pattern(1536 * 1024, i),
+                &format!("round {round} big{i}"),
+            );
+        }
+    }
+    // A write that cannot be staged fails with ENOSPC and changes nothing.
+    fs::write(root.join("keep"), b"old").unwrap();
+    let err = fs::write(m.path("keep"), pattern(3 << 20, 9)).unwrap_err();
+    assert!(
+        [libc::ENOSPC, libc::EIO].contains(&errno_of(&err)),
+        "clean failure, got {err}"
+    );
+    assert_eq!(fs::read(root.join("keep")).unwrap(), b"old");
+    // Small writes still work once there is room.
+    fs::write(m.path("small"), b"fits").unwrap();
+    assert_eq!(fs::read(root.join("small")).unwrap(), b"fits");
+}

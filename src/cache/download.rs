@@ -28,8 +28,13 @@ pub enum DownloadError {
     Changed,
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("local cache I/O: {0}")]
+    /// The store's answer was not what it should be (short body, …).
+    #[error("{0}")]
     Io(String),
+    /// The local cache disk failed us (full, read-only, …): the store is fine,
+    /// so readers can still be served straight from it.
+    #[error("local cache disk: {0}")]
+    Local(String),
 }
 
 /// Objects are fetched in parts of this size, several at once.
@@ -198,8 +203,8 @@ impl DiskCache {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| DownloadError::Io(format!("{}: {e}", tmp.display())))?;
-        let reader = File::open(&tmp).map_err(|e| DownloadError::Io(e.to_string()))?;
+            .map_err(|e| DownloadError::Local(format!("{}: {e}", tmp.display())))?;
+        let reader = File::open(&tmp).map_err(|e| DownloadError::Local(e.to_string()))?;
         let parts = part_count(meta.size);
         let download = Arc::new(Download {
             meta: meta.clone(),
@@ -329,9 +334,13 @@ async fn fetch_part(
                 "store sent more bytes than asked for".into(),
             ));
         }
-        dl.writer
-            .write_all_at(&chunk, offset)
-            .map_err(|e| DownloadError::Io(e.to_string()))?;
+        if let Err(e) = dl.writer.write_all_at(&chunk, offset) {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // Make room for later downloads; this one is served direct.
+                cache.free_bytes(expected.size);
+            }
+            return Err(DownloadError::Local(e.to_string()));
+        }
         offset += chunk.len() as u64;
         cache
             .stats

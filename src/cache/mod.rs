@@ -263,6 +263,21 @@ impl DiskCache {
         }
     }
 
+    /// The cache disk is full: drop entries (in no particular order; moka does
+    /// not expose its LRU order) until about `bytes` are freed.
+    pub fn free_bytes(&self, bytes: u64) {
+        let mut freed = 0;
+        for (name, size) in self.index.iter() {
+            if freed >= bytes {
+                break;
+            }
+            self.index.invalidate(name.as_str());
+            freed += size;
+        }
+        self.index.run_pending_tasks();
+        tracing::warn!(freed, "cache disk full: evicted entries early");
+    }
+
     pub fn remove(&self, meta: &ObjectMeta) {
         self.index.invalidate(&self.entry_name(meta));
     }

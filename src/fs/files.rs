@@ -12,8 +12,9 @@ use super::inode::Kind;
 use super::passthrough::PassthroughOpen;
 use super::staging::Staged;
 use super::{Attr, Core, FsError, FsResult, Handle};
-use crate::cache::Download;
-use crate::store::{Attrs, ObjectMeta};
+use crate::cache::{Download, DownloadError};
+use crate::store::{Attrs, GetResult, ObjectMeta};
+use futures::StreamExt;
 
 /// Where a read handle gets its bytes.
 pub enum ReadSource {
@@ -25,6 +26,8 @@ pub enum ReadSource {
     Download(Arc<Download>),
     /// A zero-byte object: nothing to fetch.
     Empty,
+    /// The cache disk is unusable: each read is a ranged GET of this version.
+    Direct(ObjectMeta),
 }
 
 pub struct OpenReply {
@@ -173,7 +176,8 @@ impl Core {
         })
     }
 
-    /// Bytes of `meta`: from the cache, or a (shared) download into it.
+    /// Bytes of `meta`: from the cache, or a (shared) download into it, or,
+    /// when the cache disk fails, straight from the store.
     async fn source_for(&self, meta: &ObjectMeta) -> FsResult<ReadSource> {
         if meta.size == 0 {
             return Ok(ReadSource::Empty);
@@ -181,9 +185,49 @@ impl Core {
         if let Some(f) = self.cache.open_entry(meta) {
             return Ok(ReadSource::Cached(f));
         }
-        let dl = self.cache.fetch(&self.store, meta)?;
-        dl.started().await?;
-        Ok(ReadSource::Download(dl))
+        let dl = match self.cache.fetch(&self.store, meta) {
+            Ok(dl) => dl,
+            Err(DownloadError::Local(e)) => {
+                tracing::warn!(key = %meta.key, error = %e, "cache disk unusable; reading from the store directly");
+                return Ok(ReadSource::Direct(meta.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match dl.started().await {
+            Ok(()) => Ok(ReadSource::Download(dl)),
+            Err(DownloadError::Local(_)) => Ok(ReadSource::Direct(meta.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One read straight from the store (a ranged GET of exactly this version).
+    async fn read_direct(&self, meta: &ObjectMeta, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let end = (offset + size as u64).min(meta.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        match self.store.get(&meta.key, Some(offset..end), None).await? {
+            GetResult::Body {
+                meta: got,
+                mut body,
+            } => {
+                if got.version != meta.version {
+                    return Err(FsError::Stale);
+                }
+                let mut out = Vec::with_capacity((end - offset) as usize);
+                while let Some(chunk) = body.next().await {
+                    out.extend_from_slice(&chunk?);
+                }
+                if out.len() as u64 != end - offset {
+                    return Err(FsError::Io(format!(
+                        "short read from the store for {}",
+                        meta.key
+                    )));
+                }
+                Ok(out)
+            }
+            GetResult::NotModified => Err(FsError::Io("store answered 304 to a plain GET".into())),
+        }
     }
 
     /// The inode's staging file, made (and filled with the current bytes unless
@@ -313,8 +357,15 @@ impl Core {
         match &h.source {
             ReadSource::None | ReadSource::Empty => Ok(Vec::new()),
             ReadSource::Cached(f) => read_file_at(f, offset, size as usize),
+            ReadSource::Direct(meta) => self.read_direct(meta, offset, size).await,
             ReadSource::Download(dl) => {
-                dl.ready_range(offset, offset + size as u64).await?;
+                match dl.ready_range(offset, offset + size as u64).await {
+                    Ok(()) => {}
+                    Err(DownloadError::Local(_)) => {
+                        return self.read_direct(&dl.meta, offset, size).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 let len = (size as u64).min(dl.meta.size.saturating_sub(offset)) as usize;
                 read_file_at(dl.as_file(), offset, len)
             }
@@ -330,7 +381,16 @@ impl Core {
             .ok_or(FsError::BadHandle)?;
         let _shared = staged.lock.read().await;
         let offset = if h.append { staged.size() } else { offset };
-        staged.write_at(data, offset)?;
+        let mut result = staged.write_at(data, offset);
+        if let Err(FsError::NoSpace(_)) = result {
+            // Cached copies are worth less than the application's data.
+            self.cache.free_bytes(data.len() as u64 + (16 << 20));
+            result = staged.write_at(data, offset);
+        }
+        if let Err(e) = result {
+            staged.mark_broken();
+            return Err(e);
+        }
         if let Some(i) = self.inodes.lock().unwrap().get_mut(h.ino) {
             i.modified = SystemTime::now();
             i.attrs.mtime = None;
@@ -362,6 +422,16 @@ impl Core {
             // Written to a file that was deleted meanwhile: nothing to keep.
             staged.set_dirty(false);
             return Ok(());
+        }
+        if staged.is_broken() {
+            tracing::error!(
+                key = %path,
+                staging_file = %staged.path.display(),
+                "not uploading: a write to this file failed on the local disk; the store keeps its previous version"
+            );
+            return Err(FsError::NoSpace(format!(
+                "an earlier write to {path} failed; not uploaded"
+            )));
         }
         let attrs = Attrs {
             mtime: attrs.mtime.or(Some(modified)),
@@ -435,6 +505,12 @@ impl Core {
             }
             i.object.clone()
         };
+        if staged.is_broken() {
+            // The application was told its write failed; the partial bytes are
+            // not worth the disk space they hold on a full disk.
+            staged.discard();
+            return;
+        }
         if staged.is_dirty() {
             tracing::warn!(
                 staging_file = %staged.path.display(),

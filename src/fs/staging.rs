@@ -21,6 +21,9 @@ pub struct Staged {
     file: File,
     size: AtomicU64,
     dirty: AtomicBool,
+    /// A write failed (e.g. disk full): the file is not what the application
+    /// meant, so it must never be uploaded.
+    broken: AtomicBool,
     /// Writers share it; an upload or a truncate takes it alone, so no upload
     /// ever sends a file that is changing under it.
     pub lock: RwLock<()>,
@@ -64,6 +67,7 @@ impl Staged {
             file,
             size: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             lock: RwLock::new(()),
             writers: AtomicU32::new(0),
         })
@@ -112,7 +116,20 @@ impl Staged {
             .map_err(|e| FsError::local_io("truncating staging file", e))?;
         self.size.store(size, Ordering::Release);
         self.set_dirty(true);
+        if size == 0 {
+            // Whatever a failed write left behind is gone.
+            self.broken.store(false, Ordering::Release);
+        }
         Ok(())
+    }
+
+    /// A write failed for good: never upload this file.
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     /// The bytes are in the store: forget the staging file (its data may
