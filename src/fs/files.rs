@@ -438,10 +438,12 @@ impl Core {
             ..attrs
         };
         self.upload_started();
+        tracing::debug!(key = %path, size = staged.size(), "uploading");
         let result = self.store.put(&path, &staged.path, &attrs).await;
         self.upload_finished();
         match result {
             Ok(meta) => {
+                tracing::debug!(key = %path, version = %meta.version, "uploaded");
                 staged.set_dirty(false);
                 let mut t = self.inodes.lock().unwrap();
                 if let Some(i) = t.get_mut(ino) {

@@ -179,6 +179,20 @@ fn ensure_parent(path: &Path, key: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// A temporary file of a put that never finished (its process died) is
+/// removed once it is clearly abandoned; a live put renames its file within
+/// seconds, on any host sharing this directory.
+fn remove_if_abandoned(path: &Path) {
+    const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
+    let old = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() > ABANDONED)
+        .unwrap_or(false);
+    if old && fs::remove_file(path).is_ok() {
+        tracing::info!(file = %path.display(), "removed an abandoned temporary file");
+    }
+}
+
 /// One level of `dir`, sorted by name, skipping what cannot be a key.
 fn read_level(dir: &Path, prefix: &str) -> StoreResult<Vec<(String, Metadata)>> {
     let rd = match fs::read_dir(dir) {
@@ -194,7 +208,11 @@ fn read_level(dir: &Path, prefix: &str) -> StoreResult<Vec<(String, Metadata)>> 
             tracing::warn!(dir = %dir.display(), name = ?entry.file_name(), "skipping a name that is not UTF-8");
             continue;
         };
-        if name.starts_with(TMP_PREFIX) || !valid_name(&name) {
+        if name.starts_with(TMP_PREFIX) {
+            remove_if_abandoned(&entry.path());
+            continue;
+        }
+        if !valid_name(&name) {
             continue;
         }
         // A file removed between readdir and stat is simply not listed.

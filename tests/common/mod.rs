@@ -242,3 +242,18 @@ pub fn assert_same(actual: &[u8], expected: &[u8], what: &str) {
         );
     }
 }
+
+/// Write a whole file and close it, reporting close()'s own result (std's
+/// `fs::write` ignores it, and close() is where mediafs reports the upload).
+pub fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    // SAFETY: we own fd and close it once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
