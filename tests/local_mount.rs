@@ -386,7 +386,7 @@ fn full_cache_disk_reads_still_work_and_writes_fail_cleanly() {
     }
     // A write that cannot be staged fails with ENOSPC and changes nothing.
     fs::write(root.join("keep"), b"old").unwrap();
-    let err = fs::write(m.path("keep"), pattern(3 << 20, 9)).unwrap_err();
+    let err = common::write_and_close(&m.path("keep"), &pattern(3 << 20, 9)).unwrap_err();
     assert!(
         [libc::ENOSPC, libc::EIO].contains(&errno_of(&err)),
         "clean failure, got {err}"

@@ -126,6 +126,9 @@ impl Staged {
     /// A write failed for good: never upload this file.
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::Release);
+        // Its bytes will never be used: give the disk space back now (the
+        // disk is probably full), not at release.
+        let _ = self.file.set_len(0);
     }
 
     pub fn is_broken(&self) -> bool {
