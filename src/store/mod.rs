@@ -9,6 +9,7 @@
 
 pub mod local;
 pub mod memory;
+pub mod s3;
 pub mod timeout;
 pub mod url;
 

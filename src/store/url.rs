@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use super::Store;
 use super::local::LocalStore;
+use super::s3::{S3Config, S3Store};
 
 /// What the user asked to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// A plain directory: `/srv/media` or `file:///srv/media`.
     Local(PathBuf),
+    /// An S3 bucket, optionally below a key prefix: `s3://BUCKET[/PREFIX]`.
+    /// `prefix` has no leading or trailing `/` ("" = the whole bucket).
+    S3 { bucket: String, prefix: String },
 }
 
 impl StoreUrl {
@@ -23,9 +27,12 @@ impl StoreUrl {
             }
             return Ok(StoreUrl::Local(PathBuf::from(path)));
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            return parse_s3(s, rest);
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "store {s:?}: unknown scheme {scheme:?}; this build knows plain directories and file://"
+                "store {s:?}: unknown scheme {scheme:?}; this build knows plain directories, file:// and s3://"
             ));
         }
         if s.is_empty() {
@@ -36,14 +43,80 @@ impl StoreUrl {
 
     /// A stable identity for the cache: two mounts of the same store share
     /// cache entries, different stores never do.
+    /// For S3 the endpoint comes from AWS_ENDPOINT_URL; prefer
+    /// [`StoreUrl::identity_with`] where the options are known.
     pub fn identity(&self) -> String {
+        self.identity_with(&StoreOptions::default())
+    }
+
+    /// The identity, with the endpoint of `opts` for S3: the same bucket name
+    /// on two servers is two stores.
+    pub fn identity_with(&self, opts: &StoreOptions) -> String {
         match self {
             StoreUrl::Local(p) => {
                 let p = p.canonicalize().unwrap_or_else(|_| p.clone());
                 format!("file://{}", p.display())
             }
+            StoreUrl::S3 { bucket, prefix } => {
+                let cfg = S3Config::from_options(bucket, prefix, opts);
+                let mut id = format!("s3://{bucket}");
+                if !prefix.is_empty() {
+                    id = format!("{id}/{prefix}");
+                }
+                match cfg.endpoint {
+                    Some(e) => format!("{id}@{}", e.trim_end_matches('/')),
+                    None => format!("{id}@aws:{}", cfg.region),
+                }
+            }
         }
     }
+}
+
+/// `s3://BUCKET[/PREFIX]`, with the bucket naming rules checked here so a
+/// typo fails with a clear message, not a signature error from the server.
+fn parse_s3(url: &str, rest: &str) -> Result<StoreUrl, String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!(
+            "store {url:?}: no bucket name; expected s3://BUCKET[/PREFIX]"
+        ));
+    }
+    let bad = |why: &str| {
+        Err(format!(
+            "store {url:?}: {bucket:?} is not a valid S3 bucket name: {why}"
+        ))
+    };
+    if !(3..=63).contains(&bucket.len()) {
+        return bad("it must be 3 to 63 characters long");
+    }
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return bad(&format!(
+            "{c:?} is not allowed (lower-case letters, digits, '.', '-', '_' only)"
+        ));
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(bucket.chars().next()) || !edge_ok(bucket.chars().last()) {
+        return bad("it must begin and end with a letter or a digit");
+    }
+    if bucket.contains("..") {
+        return bad("it must not contain two dots in a row");
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return bad("it must not look like an IP address");
+    }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() && !prefix.split('/').all(super::valid_name) {
+        return Err(format!(
+            "store {url:?}: prefix {prefix:?} has an empty, '.' or '..' component"
+        ));
+    }
+    Ok(StoreUrl::S3 {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+    })
 }
 
 /// Backend options from the command line or environment (never secrets: those
@@ -63,9 +136,11 @@ pub struct StoreOptions {
 /// Open the store and check that it answers, so a bad store fails the mount
 /// with a clear message instead of leaving a half-working directory.
 pub async fn open_store(url: &StoreUrl, opts: &StoreOptions) -> Result<Arc<dyn Store>, String> {
-    let _ = opts;
     match url {
         StoreUrl::Local(path) => Ok(Arc::new(LocalStore::open(path)?)),
+        StoreUrl::S3 { bucket, prefix } => Ok(Arc::new(
+            S3Store::open(S3Config::from_options(bucket, prefix, opts)).await?,
+        )),
     }
 }
 
@@ -88,6 +163,55 @@ mod tests {
             StoreUrl::parse("ftp://x")
                 .unwrap_err()
                 .contains("unknown scheme")
+        );
+    }
+
+    #[test]
+    fn parses_s3() {
+        assert_eq!(
+            StoreUrl::parse("s3://media").unwrap(),
+            StoreUrl::S3 {
+                bucket: "media".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://my-bucket.eu/shop/media/").unwrap(),
+            StoreUrl::S3 {
+                bucket: "my-bucket.eu".into(),
+                prefix: "shop/media".into()
+            }
+        );
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Media",
+            "s3://-media",
+            "s3://me..dia",
+            "s3://192.168.1.1",
+            "s3://media/a//b",
+            "s3://media/a/../b",
+        ] {
+            let e = StoreUrl::parse(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        assert!(
+            StoreUrl::parse("s3://Media")
+                .unwrap_err()
+                .contains("not a valid S3 bucket name")
+        );
+    }
+
+    #[test]
+    fn s3_identity_names_the_endpoint() {
+        let url = StoreUrl::parse("s3://media/p").unwrap();
+        let opts = StoreOptions {
+            endpoint: Some("http://127.0.0.1:9000/".into()),
+            ..StoreOptions::default()
+        };
+        assert_eq!(
+            url.identity_with(&opts),
+            "s3://media/p@http://127.0.0.1:9000"
         );
     }
 }
