@@ -14,7 +14,7 @@ use fuser::{
 };
 use tokio::runtime::Handle as Runtime;
 
-use crate::fs::{Attr, Core, FsError, Kind};
+use crate::fs::{Attr, Core, FsError, Kind, OpenReply};
 use crate::store::MAX_NAME_BYTES;
 
 pub struct MediaFs {
@@ -107,6 +107,12 @@ impl Filesystem for MediaFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         if n.len() > MAX_NAME_BYTES {
             return reply.fail(FsError::NameTooLong);
+        }
+        if let Some(result) = self.core.lookup_known(parent.0, n) {
+            return match result {
+                Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.fail(e),
+            };
         }
         let core = self.core.clone();
         let n = name(n);
@@ -273,39 +279,19 @@ impl Filesystem for MediaFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // A cached file with fresh metadata opens without leaving this thread.
+        if let Some(result) = self.core.open_known(ino.0, flags.0) {
+            return match result {
+                Ok(o) => reply_open(&self.core, reply, o),
+                Err(e) => reply.fail(e),
+            };
+        }
         let core = self.core.clone();
         let core2 = self.core.clone();
         self.spawn(
             async move { core.open(ino.0, flags.0).await },
             reply,
-            move |r, o| {
-                let flags = if o.keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                let Some(pt) = o.passthrough else {
-                    return r.opened(FileHandle(o.fh), flags);
-                };
-                // One backing file per inode, shared by all its passthrough opens.
-                let backing = match pt.existing.and_then(|b| b.downcast::<BackingId>().ok()) {
-                    Some(b) => Ok(b),
-                    None => r.open_backing(&pt.file).map(Arc::new),
-                };
-                match backing {
-                    Ok(b) => {
-                        // Recorded before the reply, so a quick release finds it.
-                        core2.set_backing(o.fh, b.clone());
-                        // The kernel refuses page-cache flags on a passthrough
-                        // open (its pages are the backing file's).
-                        r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b);
-                    }
-                    Err(e) => {
-                        core2.passthrough_refused(o.fh, &e);
-                        r.opened(FileHandle(o.fh), flags)
-                    }
-                }
-            },
+            move |r, o| reply_open(&core2, r, o),
         );
     }
 
@@ -357,6 +343,9 @@ impl Filesystem for MediaFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.core.flush_is_noop(fh.0) {
+            return reply.ok();
+        }
         let core = self.core.clone();
         self.spawn(async move { core.flush(fh.0).await }, reply, |r, ()| r.ok());
     }
@@ -371,6 +360,9 @@ impl Filesystem for MediaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.core.release_reader(fh.0) {
+            return reply.ok();
+        }
         let core = self.core.clone();
         self.spawn(async move { core.release(fh.0).await }, reply, |r, ()| {
             r.ok()
@@ -488,6 +480,36 @@ impl Filesystem for MediaFs {
                 )
             },
         );
+    }
+}
+
+/// Answer an open, registering a backing file for a passthrough open.
+fn reply_open(core: &Core, r: ReplyOpen, o: OpenReply) {
+    let flags = if o.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    };
+    let Some(pt) = o.passthrough else {
+        return r.opened(FileHandle(o.fh), flags);
+    };
+    // One backing file per inode, shared by all its passthrough opens.
+    let backing = match pt.existing.and_then(|b| b.downcast::<BackingId>().ok()) {
+        Some(b) => Ok(b),
+        None => r.open_backing(&pt.file).map(Arc::new),
+    };
+    match backing {
+        Ok(b) => {
+            // Recorded before the reply, so a quick release finds it.
+            core.set_backing(o.fh, b.clone());
+            // The kernel refuses page-cache flags on a passthrough open (its
+            // pages are the backing file's).
+            r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b);
+        }
+        Err(e) => {
+            core.passthrough_refused(o.fh, &e);
+            r.opened(FileHandle(o.fh), flags)
+        }
     }
 }
 

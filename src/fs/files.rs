@@ -158,22 +158,96 @@ impl Core {
             _ => None,
         };
         let passthrough = self.claim_read_io(ino, &meta.version, cached).await?;
+        Ok(self.finish_read_open(ino, &meta, source, passthrough))
+    }
+
+    /// An open for reading answered from what we know, with no store request
+    /// and no waiting; `None` when the full `open` is needed.
+    pub fn open_known(&self, ino: u64, flags: i32) -> Option<FsResult<OpenReply>> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return None;
+        }
+        let meta = {
+            let t = self.inodes.lock().unwrap();
+            let i = t.get(ino)?;
+            if i.kind != Kind::File || i.has_local_state() || !self.fresh(i.validated) {
+                return None;
+            }
+            i.object.clone()?
+        };
+        let source = if meta.size == 0 {
+            ReadSource::Empty
+        } else {
+            ReadSource::Cached(self.cache.open_entry(&meta)?)
+        };
+        let cached = match &source {
+            ReadSource::Cached(f) => Some(f),
+            _ => None,
+        };
+        let passthrough = match self.claim_read_io_now(ino, &meta.version, cached) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(self.finish_read_open(ino, &meta, source, passthrough)))
+    }
+
+    fn finish_read_open(
+        &self,
+        ino: u64,
+        meta: &ObjectMeta,
+        source: ReadSource,
+        passthrough: Option<PassthroughOpen>,
+    ) -> OpenReply {
         let keep_cache = {
             let mut t = self.inodes.lock().unwrap();
-            let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
-            let same = i.kernel_version.as_deref() == Some(meta.version.as_str());
-            i.kernel_version = Some(meta.version.clone());
-            same
+            match t.get_mut(ino) {
+                Some(i) => {
+                    let same = i.kernel_version.as_deref() == Some(meta.version.as_str());
+                    i.kernel_version = Some(meta.version.clone());
+                    same
+                }
+                None => false,
+            }
         };
         let fh = self.register(
             ino,
             Handle::new(ino, source, None, false, false, passthrough.is_some()),
         );
-        Ok(OpenReply {
+        OpenReply {
             fh,
             keep_cache,
             passthrough,
-        })
+        }
+    }
+
+    /// A close of a handle that wrote nothing needs no store work; `true` if
+    /// `fh` is such a handle (then flush is a no-op).
+    pub fn flush_is_noop(&self, fh: u64) -> bool {
+        self.handle(fh).map(|h| !h.write).unwrap_or(true)
+    }
+
+    /// Release a read-only handle at once; `false` if `fh` needs the full
+    /// (async) release.
+    pub fn release_reader(&self, fh: u64) -> bool {
+        let mut handles = self.handles.lock().unwrap();
+        match handles.get(&fh) {
+            Some(h) if !h.write => {}
+            _ => return false,
+        }
+        let h = handles.remove(&fh).expect("just seen");
+        drop(handles);
+        self.forget_handle(&h);
+        true
+    }
+
+    fn forget_handle(&self, h: &Handle) {
+        self.release_io(h.ino, h.passthrough.load(Ordering::Acquire));
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(i) = t.get_mut(h.ino) {
+            i.open = i.open.saturating_sub(1);
+        }
+        t.maybe_drop(h.ino);
     }
 
     /// Bytes of `meta`: from the cache, or a (shared) download into it, or,
@@ -483,12 +557,7 @@ impl Core {
             }
             self.retire_staged(h.ino, staged).await;
         }
-        self.release_io(h.ino, h.passthrough.load(Ordering::Acquire));
-        let mut t = self.inodes.lock().unwrap();
-        if let Some(i) = t.get_mut(h.ino) {
-            i.open = i.open.saturating_sub(1);
-        }
-        t.maybe_drop(h.ino);
+        self.forget_handle(&h);
         result
     }
 

@@ -34,24 +34,8 @@ fn warn_once(key: &str, why: &str) {
 impl Core {
     /// The inode at `path`, from what we know if it is fresh, else from the store.
     pub(crate) async fn resolve(&self, path: &str) -> FsResult<u64> {
-        {
-            let t = self.inodes.lock().unwrap();
-            if let Some(i) = t.by_path(path)
-                && (i.has_local_state() || self.fresh(i.validated) || path.is_empty())
-            {
-                return Ok(i.ino);
-            }
-        }
-        if self.missing.contains_key(path) {
-            return Err(FsError::NotFound);
-        }
-        if let Some(listing) = self.listings.get(parent_of(path))
-            && self.fresh(listing.at)
-        {
-            return match listing.entries.get(key_name(path)) {
-                Some(node) => Ok(self.record(path, node)),
-                None => Err(FsError::NotFound),
-            };
+        if let Some(known) = self.resolve_known(path) {
+            return known;
         }
         match self.store.stat(path).await? {
             Some(node) => Ok(self.record(path, &node)),
@@ -64,14 +48,54 @@ impl Core {
         }
     }
 
-    /// A kernel lookup: the child's attributes, and one more kernel reference.
-    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
-        let (_, path) = self.child_path(parent, name)?;
-        let ino = self.resolve(&path).await?;
+    /// What we know of `path` without asking the store, if it is fresh.
+    fn resolve_known(&self, path: &str) -> Option<FsResult<u64>> {
+        {
+            let t = self.inodes.lock().unwrap();
+            if let Some(i) = t.by_path(path)
+                && (i.has_local_state() || self.fresh(i.validated) || path.is_empty())
+            {
+                return Some(Ok(i.ino));
+            }
+        }
+        if self.missing.contains_key(path) {
+            return Some(Err(FsError::NotFound));
+        }
+        let listing = self.listings.get(parent_of(path))?;
+        if !self.fresh(listing.at) {
+            return None;
+        }
+        Some(match listing.entries.get(key_name(path)) {
+            Some(node) => Ok(self.record(path, node)),
+            None => Err(FsError::NotFound),
+        })
+    }
+
+    fn counted_lookup(&self, ino: u64) -> FsResult<Attr> {
         let mut t = self.inodes.lock().unwrap();
         let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
         inode.lookups += 1;
         Ok(self.attr_of(inode))
+    }
+
+    /// A kernel lookup: the child's attributes, and one more kernel reference.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let (_, path) = self.child_path(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        self.counted_lookup(ino)
+    }
+
+    /// A lookup answered from what we know, with no store request; `None`
+    /// when the store must be asked (use `lookup`).
+    pub fn lookup_known(&self, parent: u64, name: &OsStr) -> Option<FsResult<Attr>> {
+        let path = match self.child_path(parent, name) {
+            Ok((_, path)) => path,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            self.resolve_known(&path)?
+                .and_then(|ino| self.counted_lookup(ino)),
+        )
     }
 
     /// The listing of `dir`, from the cache if fresh.

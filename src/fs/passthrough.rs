@@ -77,9 +77,23 @@ impl Core {
         version: &str,
         cached: Option<&File>,
     ) -> FsResult<Option<PassthroughOpen>> {
+        match self.claim_read_io_now(ino, version, cached)? {
+            Some(claimed) => Ok(claimed),
+            None => self.claim_plain_io(ino).await.map(|()| None),
+        }
+    }
+
+    /// As `claim_read_io`, without waiting: `None` if the open would have to
+    /// wait for passthrough readers of another version.
+    pub(crate) fn claim_read_io_now(
+        &self,
+        ino: u64,
+        version: &str,
+        cached: Option<&File>,
+    ) -> FsResult<Option<Option<PassthroughOpen>>> {
+        let mut t = self.inodes.lock().unwrap();
+        let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
         if self.passthrough_enabled() {
-            let mut t = self.inodes.lock().unwrap();
-            let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
             let same = i.io_passthrough > 0 && i.pt_version.as_deref() == Some(version);
             let fresh = i.io_passthrough == 0 && i.io_plain == 0;
             if let (true, Some(f)) = (same || fresh, cached)
@@ -93,13 +107,17 @@ impl Core {
                     reuse = i.backing.is_some(),
                     "passthrough open"
                 );
-                return Ok(Some(PassthroughOpen {
+                return Ok(Some(Some(PassthroughOpen {
                     file,
                     existing: i.backing.clone(),
-                }));
+                })));
             }
         }
-        self.claim_plain_io(ino).await.map(|()| None)
+        if i.io_passthrough == 0 {
+            i.io_plain += 1;
+            return Ok(Some(None));
+        }
+        Ok(None)
     }
 
     /// Un-count an open at release.
