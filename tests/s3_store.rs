@@ -336,6 +336,17 @@ async fn put_get_range_and_conditional_get() {
     ));
     assert_eq!(read_all(&store, "photos/cat.jpg", None).await, b"new bytes");
 
+    // Keys S3 cannot take or that cannot be file names are refused up front.
+    let long = vec!["d".repeat(250); 5].join("/");
+    assert!(matches!(
+        store.put(&long, src.path(), &Attrs::default()).await,
+        Err(StoreError::NameTooLong(_))
+    ));
+    assert!(matches!(
+        store.put("a//b", src.path(), &Attrs::default()).await,
+        Err(StoreError::InvalidKey(_))
+    ));
+
     // Missing keys, delete.
     assert!(store.head("photos/nope.jpg").await.unwrap().is_none());
     assert!(matches!(
@@ -936,16 +947,7 @@ async fn unreachable_endpoint_fails_fast() {
         .output()
         .unwrap();
     let port = String::from_utf8(out.stdout).unwrap();
-    let opts = StoreOptions {
-        endpoint: Some(format!("http://127.0.0.1:{}", port.trim())),
-        ..StoreOptions::default()
-    };
-    let mut cfg = S3Config::from_options("media", "", &opts);
-    cfg.credentials = CredentialSource::Static {
-        access_key_id: "k".into(),
-        secret_access_key: "s".into(),
-        session_token: None,
-    };
+    let cfg = fake_config(&format!("http://127.0.0.1:{}", port.trim()));
     let t = Instant::now();
     let err = S3Store::open(cfg).await.err().expect("must fail");
     eprintln!("unreachable ({:.2} s): {err}", t.elapsed().as_secs_f64());
@@ -1066,4 +1068,113 @@ async fn child_open_store() {
         .await
         .unwrap();
     assert_eq!(read_all(store.as_ref(), "k.txt", None).await, b"hello");
+}
+
+/// A fake S3 endpoint on 127.0.0.1 that answers requests in turn with the
+/// given statuses (then 200 for ever; `None` = never answer), one request
+/// per connection. Returns its endpoint and the request counter.
+fn scripted_server(
+    script: Vec<Option<u16>>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let mut head = false;
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head |= line.starts_with("HEAD ");
+            }
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let status = match script.get(n) {
+                Some(None) => {
+                    // Hold the connection open without a word.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(30));
+                        drop(conn);
+                    });
+                    continue;
+                }
+                Some(Some(s)) => *s,
+                None => 200,
+            };
+            let body = match (status, head) {
+                (_, true) => String::new(),
+                (200, _) => "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                    <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                    <Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1</MaxKeys>\
+                    <IsTruncated>false</IsTruncated></ListBucketResult>"
+                    .to_string(),
+                _ => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                    <Message>busy</Message></Error>"
+                    .to_string(),
+            };
+            let len = if head && status == 200 { 5 } else { body.len() };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/xml\r\nContent-Length: {len}\r\n\
+                 ETag: \"e\"\r\nLast-Modified: Wed, 01 Jan 2025 00:00:00 GMT\r\n\
+                 Connection: close\r\n\r\n{body}"
+            );
+        }
+    });
+    (endpoint, count)
+}
+
+fn fake_config(endpoint: &str) -> S3Config {
+    let opts = StoreOptions {
+        endpoint: Some(endpoint.to_string()),
+        ..StoreOptions::default()
+    };
+    let mut cfg = S3Config::from_options("b", "", &opts);
+    cfg.credentials = CredentialSource::Static {
+        access_key_id: "k".into(),
+        secret_access_key: "s".into(),
+        session_token: None,
+    };
+    cfg
+}
+
+/// 503 (and a throttling answer) are retried with backoff, up to the limit.
+#[tokio::test]
+async fn server_errors_are_retried() {
+    use std::sync::atomic::Ordering;
+    let (endpoint, count) = scripted_server(vec![
+        Some(503),
+        None,
+        Some(503),
+        Some(503),
+        Some(503),
+        Some(200),
+        Some(503),
+        Some(503),
+        Some(503),
+    ]);
+    let mut cfg = fake_config(&endpoint);
+    cfg.request_timeout = Duration::from_millis(500);
+    let err = S3Store::open(cfg.clone()).await.err();
+    // Attempt 1: 503, attempt 2: no answer -> the probe gives up (2 attempts).
+    let err = err.expect("two failed attempts fail the open");
+    assert!(err.contains("did not answer in time"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // Next open: 503, 503 -> fails; and the one after: 503, then 200.
+    assert!(S3Store::open(cfg.clone()).await.is_err());
+    let t = Instant::now();
+    let store = S3Store::open(cfg).await.expect("503 then 200 opens");
+    assert_eq!(count.load(Ordering::SeqCst), 6);
+    eprintln!("503 then 200: {:.2} s", t.elapsed().as_secs_f64());
+    let meta = store.head("x").await.unwrap().unwrap();
+    assert_eq!(meta.size, 5);
+    assert_eq!(meta.version, "\"e\"");
+    assert_eq!(count.load(Ordering::SeqCst), 10, "three 503s, then 200");
 }

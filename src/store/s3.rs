@@ -9,6 +9,10 @@
 //! whole listing on a key with an empty or `.`/`..` component, where we must
 //! skip that one key.
 //!
+//! HTTPS endpoints are checked against the system's root certificates
+//! (SSL_CERT_FILE / SSL_CERT_DIR apply); AWS_CA_BUNDLE is not read, so it
+//! cannot break a plain-HTTP endpoint either.
+//!
 //! Layout in the bucket, compatible with s3fs-fuse:
 //! - a file is the object `PREFIX/key`, with `x-amz-meta-mode` (decimal,
 //!   including the file type bits), `-uid`, `-gid` and `-mtime` (decimal unix
@@ -40,8 +44,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    Attrs, DirMeta, GetResult, ListPage, Node, ObjectMeta, Store, StoreError, StoreOptions,
-    StoreResult, valid_name,
+    Attrs, DirMeta, GetResult, ListPage, MAX_KEY_BYTES, Node, ObjectMeta, Store, StoreError,
+    StoreOptions, StoreResult, valid_name,
 };
 
 const S_IFREG: u32 = 0o100000;
@@ -458,11 +462,19 @@ impl S3Store {
         let where_ = format!("S3 bucket {} at {}", cfg.bucket, cfg.endpoint_label());
         let code = err.code().unwrap_or("").to_string();
         let detail = err.message().unwrap_or("").to_string();
+        let timed_out = match &err {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(d) => d.is_timeout(),
+            _ => false,
+        };
         Err(match (&err, status_of(&err), code.as_str()) {
-            (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => format!(
-                "{where_}: cannot reach the endpoint ({}, after {} attempts)",
+            _ if timed_out => format!(
+                "{where_}: the endpoint did not answer in time ({}, {PROBE_ATTEMPTS} attempts)",
+                root_cause(&err)
+            ),
+            (SdkError::DispatchFailure(_), _, _) => format!(
+                "{where_}: cannot reach the endpoint ({}, after {PROBE_ATTEMPTS} attempts)",
                 root_cause(&err),
-                PROBE_ATTEMPTS
             ),
             (_, _, "InvalidAccessKeyId") => format!(
                 "{where_}: the store does not know the access key id {key_id:?} \
@@ -495,6 +507,19 @@ impl S3Store {
     /// The full object key of a store key.
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.root)
+    }
+
+    /// The full key of a file or directory about to be written, checked:
+    /// every component a valid name, the whole within S3's key length.
+    fn writable(&self, key: &str) -> StoreResult<String> {
+        if key.is_empty() || !valid_path(key) {
+            return Err(StoreError::InvalidKey(key.to_string()));
+        }
+        let full = self.full(key);
+        if full.len() > MAX_KEY_BYTES {
+            return Err(StoreError::NameTooLong(key.to_string()));
+        }
+        Ok(full)
     }
 
     fn marker(&self, key: &str) -> String {
@@ -975,10 +1000,7 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, src: &Path, attrs: &Attrs) -> StoreResult<ObjectMeta> {
-        if key.is_empty() || !valid_path(key) {
-            return Err(StoreError::InvalidKey(key.to_string()));
-        }
-        let full = self.full(key);
+        let full = self.writable(key)?;
         let size = tokio::fs::metadata(src)
             .await
             .map_err(|e| StoreError::from_io(e, key))?
@@ -1097,16 +1119,14 @@ impl Store for S3Store {
     }
 
     async fn copy(&self, from: &str, to: &str) -> StoreResult<ObjectMeta> {
-        if to.is_empty() || !valid_path(to) {
-            return Err(StoreError::InvalidKey(to.to_string()));
-        }
+        let to_full = self.writable(to)?;
         let from_full = self.full(from);
         let head = self
             .head_full(&from_full)
             .await?
             .ok_or(StoreError::NotFound)?;
         let (etag, modified) = self
-            .copy_full(&from_full, &self.full(to), head.size, None)
+            .copy_full(&from_full, &to_full, head.size, None)
             .await?;
         let modified = modified.unwrap_or_else(SystemTime::now);
         Ok(ObjectMeta {
@@ -1119,9 +1139,7 @@ impl Store for S3Store {
     }
 
     async fn create_dir(&self, key: &str, attrs: &Attrs) -> StoreResult<()> {
-        if key.is_empty() || !valid_path(key) {
-            return Err(StoreError::InvalidKey(key.to_string()));
-        }
+        self.writable(&format!("{key}/x"))?;
         let mut md = HashMap::new();
         put_attrs(&mut md, attrs, S_IFDIR, 0o755);
         self.put_empty(&self.marker(key), DIR_CONTENT_TYPE, md)
@@ -1182,9 +1200,10 @@ impl Store for S3Store {
     /// attributes included), then deletes the sources, markers last: other
     /// hosts may see both trees for a moment, never neither.
     async fn rename_dir(&self, from: &str, to: &str) -> StoreResult<()> {
-        if from.is_empty() || to.is_empty() || !valid_path(to) {
-            return Err(StoreError::InvalidKey(to.to_string()));
+        if from.is_empty() {
+            return Err(StoreError::InvalidKey(from.to_string()));
         }
+        self.writable(to)?;
         let src = self.marker(from);
         let dst = self.marker(to);
         let objects = self.all_below(&src).await?;
