@@ -45,7 +45,7 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         store,
         Duration::from_secs(args.store_timeout),
     ));
-    let cache = DiskCache::open(&args.cache_dir, &url.identity(), args.cache_size)
+    let cache = DiskCache::open(&args.cache_dir, &url.identity_with(&opts), args.cache_size)
         .map_err(|e| format!("cache directory {}: {e}", args.cache_dir.display()))?;
     let defaults = CoreConfig::default();
     let cfg = CoreConfig {
@@ -61,7 +61,7 @@ pub fn run(args: MountArgs) -> Result<(), String> {
 
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("mediafs:{}", url.identity())),
+        MountOption::FSName(format!("mediafs:{}", url.identity_with(&opts))),
         MountOption::Subtype("mediafs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,

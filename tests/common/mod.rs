@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod suite;
+pub mod swift;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
