@@ -187,6 +187,21 @@ for _ in $(seq 1 150); do
 done
 [ $ready = 1 ] || fail "swift did not answer within 30 s"
 
+# The account database is made by the first container PUT. Many clients doing
+# that first PUT at once (parallel tests) race on creating it and some get 503
+# ("Please reduce your request rate" through s3api). Make it now, alone.
+token=$(curl -fsS -D - -o /dev/null --max-time 5 -H 'X-Auth-User: test:tester' \
+    -H 'X-Auth-Key: testing' "http://127.0.0.1:$PORT/auth/v1.0" |
+    tr -d '\r' | sed -n 's/^[Xx]-[Aa]uth-[Tt]oken: //p')
+ready=0
+for _ in $(seq 1 150); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X PUT \
+        -H "X-Auth-Token: $token" "http://127.0.0.1:$PORT/v1/AUTH_test/mediafs-warmup" || true)
+    if [ "$code" = 201 ] || [ "$code" = 202 ]; then ready=1; break; fi
+    sleep 0.2
+done
+[ $ready = 1 ] || fail "swift did not create its first container within 30 s (last status $code)"
+
 cat <<INFO
 S3 endpoint:   http://127.0.0.1:$PORT  (region us-east-1, path-style, SigV4)
 S3 key/secret: test:tester / testing

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount STORE at MOUNTPOINT.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a mediafs mount.
     Unmount {
         mountpoint: PathBuf,
@@ -36,6 +36,11 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
+    /// Check that a store is reachable and lets us list, read, write and
+    /// delete (with a temporary object); non-zero exit if not.
+    Check(CheckArgs),
+    /// Copy an existing media directory into a store (resumable).
+    Import(ImportArgs),
     /// Inspect or empty a cache directory (not in use by a mount).
     Cache {
         #[command(subcommand)]
@@ -59,7 +64,10 @@ pub enum CacheAction {
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
-    /// The store: a directory (/srv/media or file:///srv/media).
+    /// The store: a directory (/srv/media or file:///srv/media), or Magento's
+    /// media tables: mysql://USER@HOST[:PORT]/DATABASE or
+    /// mysql://USER@localhost/DATABASE?socket=/run/mysqld/mysqld.sock
+    /// (password from MEDIAFS_MYSQL_PASSWORD, MYSQL_PWD or --password-file).
     pub store: String,
     /// Where to mount it (an existing directory).
     pub mountpoint: PathBuf,
@@ -102,7 +110,24 @@ pub struct MountArgs {
     /// Never let the kernel read cache files directly (FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Kernel read-ahead of the mount, e.g. 1M. The kernel gives FUSE 128K,
+    /// which cuts a sequential read into 8 times as many requests; 0 keeps
+    /// the kernel's value. Needs root (it is set in /sys/class/bdi).
+    #[arg(long, default_value = "1M", value_parser = parse_size_or_zero)]
+    pub read_ahead: u64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9380).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    #[command(flatten)]
+    pub store_opts: StoreArgs,
+}
+
+/// How to reach the store (shared by mount, check and import). Secrets never
+/// come from flags: backends read them from the environment or their files.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
     /// S3 endpoint URL (else AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint: Option<String>,
@@ -115,6 +140,75 @@ pub struct MountArgs {
     /// Profile in the AWS shared credentials file.
     #[arg(long)]
     pub profile: Option<String>,
+
+    /// Swift: the auth URL, v1 (…/auth/v1.0) or Keystone v3 (…/v3); else
+    /// ST_AUTH or OS_AUTH_URL. The key or password comes from ST_KEY /
+    /// OS_PASSWORD or --password-file.
+    #[arg(long)]
+    pub auth_url: Option<String>,
+    /// MySQL: Magento's table prefix (the db table_prefix of app/etc/env.php).
+    #[arg(long)]
+    pub table_prefix: Option<String>,
+    /// MySQL: Magento 1 table names (core_file_storage, core_directory_storage).
+    #[arg(long)]
+    pub magento1: bool,
+    /// MySQL and Swift: read the password (Swift: key) from this file's first
+    /// line; else MEDIAFS_MYSQL_PASSWORD / MYSQL_PWD, or ST_KEY / OS_PASSWORD.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            profile: self.profile.clone(),
+            auth_url: self.auth_url.clone(),
+            table_prefix: self.table_prefix.clone(),
+            magento1: self.magento1,
+            password_file: self.password_file.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The directory to copy (e.g. the old NFS media directory).
+    pub src: PathBuf,
+    /// The store, as for `mediafs mount`.
+    pub store: String,
+    /// Uploads running at once.
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Say what would be uploaded, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub store_opts: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The store, as for `mediafs mount`.
+    pub store: String,
+    /// Only check what a read-only mount needs (list and read); write nothing.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Give up on a store request after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub store_opts: StoreArgs,
+}
+
+/// As `parse_size`, and "0" (meaning: leave it as it is).
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
 }
 
 /// "512M", "20G", "1T", "4096" (bytes).

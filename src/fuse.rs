@@ -15,51 +15,91 @@ use fuser::{
 use tokio::runtime::Handle as Runtime;
 
 use crate::fs::{Attr, Core, FsError, Kind, OpenReply};
+use crate::metrics::Metrics;
 use crate::store::MAX_NAME_BYTES;
 
 pub struct MediaFs {
     core: Arc<Core>,
     rt: Runtime,
     ttl: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl MediaFs {
     pub fn new(core: Arc<Core>, rt: Runtime) -> Self {
         let ttl = core.config().ttl;
-        MediaFs { core, rt, ttl }
+        MediaFs {
+            core,
+            rt,
+            ttl,
+            metrics: None,
+        }
+    }
+
+    /// Count every request by operation (and failures) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// A request of kind `op` arrived.
+    fn op(&self, op: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.fuse_op(op);
+        }
+    }
+
+    fn fail(&self, op: &'static str, reply: impl ErrorReply, e: FsError) {
+        fail(self.metrics.as_deref(), op, reply, e);
     }
 
     /// Run `f` on the runtime and hand its result to `reply`.
-    fn spawn<T, F, R>(&self, fut: F, reply: R, ok: impl FnOnce(R, T) + Send + 'static)
-    where
+    fn spawn<T, F, R>(
+        &self,
+        op: &'static str,
+        fut: F,
+        reply: R,
+        ok: impl FnOnce(R, T) + Send + 'static,
+    ) where
         T: Send + 'static,
         F: Future<Output = Result<T, FsError>> + Send + 'static,
         R: ErrorReply + Send + 'static,
     {
+        let metrics = self.metrics.clone();
         self.rt.spawn(async move {
             match fut.await {
                 Ok(v) => ok(reply, v),
-                Err(e) => reply.fail(e),
+                Err(e) => fail(metrics.as_deref(), op, reply, e),
             }
         });
     }
 }
 
-/// Every reply type can carry an errno; this is where FsError becomes one.
+/// Answer `op` with the errno of `e`. Failures of the store or the local disk
+/// are logged as one line (the store request itself was logged with its key
+/// by `store::instrumented`); answers like ENOENT only at debug level.
+fn fail(metrics: Option<&Metrics>, op: &'static str, reply: impl ErrorReply, e: FsError) {
+    if let Some(m) = metrics {
+        m.fuse_error(op);
+    }
+    if matches!(e, FsError::Io(_) | FsError::NoSpace(_)) {
+        tracing::warn!(op, errno = e.errno(), error = %e, "operation failed");
+    } else {
+        tracing::debug!(op, errno = e.errno(), error = %e, "operation failed");
+    }
+    reply.error_errno(e.errno());
+}
+
+/// Every reply type can carry an errno.
 trait ErrorReply {
-    fn fail(self, e: FsError);
+    fn error_errno(self, errno: i32);
 }
 
 macro_rules! error_reply {
     ($($t:ty),*) => {$(
         impl ErrorReply for $t {
-            fn fail(self, e: FsError) {
-                if matches!(e, FsError::Io(_) | FsError::NoSpace(_)) {
-                    tracing::warn!(error = %e, "operation failed");
-                } else {
-                    tracing::debug!(error = %e, "operation failed");
-                }
-                self.error(Errno::from_i32(e.errno()));
+            fn error_errno(self, errno: i32) {
+                self.error(Errno::from_i32(errno));
             }
         }
     )*};
@@ -91,6 +131,10 @@ impl Filesystem for MediaFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open(): no download of a file about to be emptied.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Lookups of different names in one directory run at once (the
+        // kernel otherwise serialises them per directory): sixteen readers
+        // of sixteen thumbnails wait for sixteen GETs in parallel.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // Cache files live on a plain local filesystem: stacking depth 1.
         if self.core.config().passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -105,19 +149,21 @@ impl Filesystem for MediaFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        self.op("lookup");
         if n.len() > MAX_NAME_BYTES {
-            return reply.fail(FsError::NameTooLong);
+            return self.fail("lookup", reply, FsError::NameTooLong);
         }
         if let Some(result) = self.core.lookup_known(parent.0, n) {
             return match result {
                 Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.fail(e),
+                Err(e) => self.fail("lookup", reply, e),
             };
         }
         let core = self.core.clone();
         let n = name(n);
         let ttl = self.ttl;
         self.spawn(
+            "lookup",
             async move { core.lookup(parent.0, &n).await },
             reply,
             move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
@@ -125,16 +171,19 @@ impl Filesystem for MediaFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.op("forget");
         self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.op("getattr");
         if let Some(a) = self.core.getattr_cached(ino.0) {
             return reply.attr(&self.ttl, &file_attr(&a));
         }
         let core = self.core.clone();
         let ttl = self.ttl;
         self.spawn(
+            "getattr",
             async move { core.getattr(ino.0).await },
             reply,
             move |r, a| r.attr(&ttl, &file_attr(&a)),
@@ -159,10 +208,12 @@ impl Filesystem for MediaFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.op("setattr");
         let core = self.core.clone();
         let ttl = self.ttl;
         let mtime = mtime.map(time);
         self.spawn(
+            "setattr",
             async move {
                 core.setattr(ino.0, fh.map(|f| f.0), size, mode, uid, gid, mtime)
                     .await
@@ -182,14 +233,20 @@ impl Filesystem for MediaFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.op("mknod");
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.fail(FsError::NotSupported("only regular files can be created"));
+            return self.fail(
+                "mknod",
+                reply,
+                FsError::NotSupported("only regular files can be created"),
+            );
         }
         let core = self.core.clone();
         let n = name(n);
         let (uid, gid) = (req.uid(), req.gid());
         let ttl = self.ttl;
         self.spawn(
+            "mknod",
             async move {
                 let (attr, open) = core
                     .create(
@@ -219,11 +276,13 @@ impl Filesystem for MediaFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.op("mkdir");
         let core = self.core.clone();
         let n = name(n);
         let (uid, gid) = (req.uid(), req.gid());
         let ttl = self.ttl;
         self.spawn(
+            "mkdir",
             async move { core.mkdir(parent.0, &n, mode & !umask, uid, gid).await },
             reply,
             move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
@@ -231,9 +290,11 @@ impl Filesystem for MediaFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.op("unlink");
         let core = self.core.clone();
         let n = name(n);
         self.spawn(
+            "unlink",
             async move { core.unlink(parent.0, &n).await },
             reply,
             |r, ()| r.ok(),
@@ -241,9 +302,11 @@ impl Filesystem for MediaFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.op("rmdir");
         let core = self.core.clone();
         let n = name(n);
         self.spawn(
+            "rmdir",
             async move { core.rmdir(parent.0, &n).await },
             reply,
             |r, ()| r.ok(),
@@ -260,15 +323,19 @@ impl Filesystem for MediaFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.op("rename");
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
-            return reply.fail(FsError::Invalid(
-                "RENAME_EXCHANGE and RENAME_WHITEOUT are not supported",
-            ));
+            return self.fail(
+                "rename",
+                reply,
+                FsError::Invalid("RENAME_EXCHANGE and RENAME_WHITEOUT are not supported"),
+            );
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let core = self.core.clone();
         let (n, newname) = (name(n), name(newname));
         self.spawn(
+            "rename",
             async move {
                 core.rename(parent.0, &n, newparent.0, &newname, no_replace)
                     .await
@@ -279,16 +346,18 @@ impl Filesystem for MediaFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.op("open");
         // A cached file with fresh metadata opens without leaving this thread.
         if let Some(result) = self.core.open_known(ino.0, flags.0) {
             return match result {
                 Ok(o) => reply_open(&self.core, reply, o),
-                Err(e) => reply.fail(e),
+                Err(e) => self.fail("open", reply, e),
             };
         }
         let core = self.core.clone();
         let core2 = self.core.clone();
         self.spawn(
+            "open",
             async move { core.open(ino.0, flags.0).await },
             reply,
             move |r, o| reply_open(&core2, r, o),
@@ -306,8 +375,10 @@ impl Filesystem for MediaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.op("read");
         let core = self.core.clone();
         self.spawn(
+            "read",
             async move { core.read(fh.0, offset, size).await },
             reply,
             |r, data| r.data(&data),
@@ -326,9 +397,11 @@ impl Filesystem for MediaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.op("write");
         let core = self.core.clone();
         let data = data.to_vec();
         self.spawn(
+            "write",
             async move { core.write(fh.0, offset, &data).await },
             reply,
             |r, n| r.written(n),
@@ -343,11 +416,17 @@ impl Filesystem for MediaFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.op("flush");
         if self.core.flush_is_noop(fh.0) {
             return reply.ok();
         }
         let core = self.core.clone();
-        self.spawn(async move { core.flush(fh.0).await }, reply, |r, ()| r.ok());
+        self.spawn(
+            "flush",
+            async move { core.flush(fh.0).await },
+            reply,
+            |r, ()| r.ok(),
+        );
     }
 
     fn release(
@@ -360,25 +439,39 @@ impl Filesystem for MediaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.op("release");
         if self.core.release_reader(fh.0) {
             return reply.ok();
         }
         let core = self.core.clone();
-        self.spawn(async move { core.release(fh.0).await }, reply, |r, ()| {
-            r.ok()
-        });
+        self.spawn(
+            "release",
+            async move { core.release(fh.0).await },
+            reply,
+            |r, ()| r.ok(),
+        );
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        self.op("fsync");
         let core = self.core.clone();
-        self.spawn(async move { core.flush(fh.0).await }, reply, |r, ()| r.ok());
+        self.spawn(
+            "fsync",
+            async move { core.flush(fh.0).await },
+            reply,
+            |r, ()| r.ok(),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.op("opendir");
         let core = self.core.clone();
-        self.spawn(async move { core.opendir(ino.0).await }, reply, |r, fh| {
-            r.opened(FileHandle(fh), FopenFlags::empty())
-        });
+        self.spawn(
+            "opendir",
+            async move { core.opendir(ino.0).await },
+            reply,
+            |r, fh| r.opened(FileHandle(fh), FopenFlags::empty()),
+        );
     }
 
     fn readdir(
@@ -389,9 +482,10 @@ impl Filesystem for MediaFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.op("readdir");
         let entries = match self.core.readdir(fh.0) {
             Ok(e) => e,
-            Err(e) => return reply.fail(e),
+            Err(e) => return self.fail("readdir", reply, e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = match e.kind {
@@ -413,6 +507,7 @@ impl Filesystem for MediaFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.op("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -425,27 +520,35 @@ impl Filesystem for MediaFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
+        self.op("fsyncdir");
         // Directory changes are in the store before their calls return.
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.op("statfs");
         let core = self.core.clone();
-        self.spawn(async move { Ok(core.statfs().await) }, reply, |r, s| {
-            r.statfs(
-                s.blocks,
-                s.bfree,
-                s.bfree,
-                s.files,
-                s.ffree,
-                s.bsize,
-                MAX_NAME_BYTES as u32,
-                s.bsize,
-            )
-        });
+        self.spawn(
+            "statfs",
+            async move { Ok(core.statfs().await) },
+            reply,
+            |r, s| {
+                r.statfs(
+                    s.blocks,
+                    s.bfree,
+                    s.bfree,
+                    s.files,
+                    s.ffree,
+                    s.bsize,
+                    MAX_NAME_BYTES as u32,
+                    s.bsize,
+                )
+            },
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.op("access");
         // Permissions are checked by the kernel (default_permissions).
         reply.ok();
     }
@@ -460,11 +563,13 @@ impl Filesystem for MediaFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.op("create");
         let core = self.core.clone();
         let n = name(n);
         let (uid, gid) = (req.uid(), req.gid());
         let ttl = self.ttl;
         self.spawn(
+            "create",
             async move {
                 core.create(parent.0, &n, mode & !umask, flags, uid, gid)
                     .await

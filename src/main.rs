@@ -32,31 +32,30 @@ fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), Strin
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Mount(args) => mediafs::mount::run(args),
+        Command::Mount(args) => mediafs::mount::run(*args),
+        Command::Check(args) => mediafs::check::run(args),
+        Command::Import(args) => mediafs::import::run(args),
         Command::Unmount { mountpoint, lazy } => mediafs::mount::unmount(&mountpoint, lazy),
-        Command::Cache { action } => match action {
-            CacheAction::Stats { cache_dir } => {
-                let (files, bytes) = mediafs::cache::dir_usage(&cache_dir)
-                    .map_err(|e| format!("{}: {e}", cache_dir.display()))?;
-                println!("cache directory: {}", cache_dir.display());
-                println!("files: {files}");
-                println!("bytes: {bytes}");
-                Ok(())
-            }
-            CacheAction::Clear { cache_dir } => {
-                let data = cache_dir.join("data");
-                if data.exists() {
-                    std::fs::remove_dir_all(&data)
-                        .map_err(|e| format!("{}: {e}", data.display()))?;
-                }
-                println!("cleared {}", cache_dir.display());
-                Ok(())
-            }
-        },
+        Command::Cache { action } => {
+            let report = match action {
+                CacheAction::Stats { cache_dir } => mediafs::cache::admin::stats(&cache_dir),
+                CacheAction::Clear { cache_dir } => mediafs::cache::admin::clear(&cache_dir),
+            }?;
+            print!("{report}");
+            Ok(())
+        }
     }
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if mediafs::helper::invoked_as_helper(argv.first()) {
+        let args = argv[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return ExitCode::from(mediafs::helper::main(args));
+    }
     let cli = Cli::parse();
     let result = init_logging(&cli.log_level, cli.log_file.as_deref()).and_then(|()| run(cli));
     match result {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::suite::StoreCtx;
-use common::{BIN, MountSpec, errno_of, pattern};
+use common::{BIN, MountSpec, ReadOnly, errno_of, pattern};
 use mediafs::store::local::LocalStore;
 
 fn local(_name: &str) -> StoreCtx {
@@ -27,6 +27,7 @@ fn local(_name: &str) -> StoreCtx {
             .build()
             .unwrap(),
         keeps_attrs: true,
+        max_object: None,
         _guard: Box::new(dir),
     }
 }
@@ -126,33 +127,6 @@ fn cached_file_is_served_after_restart_without_the_store() {
     assert_eq!(files, 1);
     let mode = fs::metadata(&cache_dir).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o700, "cache directory is private");
-}
-
-/// Make `dir` refuse writes even to root: a read-only bind mount over itself.
-struct ReadOnly(std::path::PathBuf);
-impl ReadOnly {
-    fn new(dir: &std::path::Path) -> ReadOnly {
-        let ok = Command::new("mount")
-            .arg("--bind")
-            .arg(dir)
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success()
-            && Command::new("mount")
-                .args(["-o", "remount,ro,bind"])
-                .arg(dir)
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "read-only bind mount (tests run as root)");
-        ReadOnly(dir.to_path_buf())
-    }
-}
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]
@@ -318,7 +292,7 @@ fn cache_stats_and_clear() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("files: 1") && text.contains("bytes: 5000"),
+        text.contains("entries: 1") && text.contains("bytes: 5000"),
         "{text}"
     );
     let st = Command::new(BIN)
@@ -395,4 +369,38 @@ fn full_cache_disk_reads_still_work_and_writes_fail_cleanly() {
     // Small writes still work once there is room.
     fs::write(m.path("small"), b"fits").unwrap();
     assert_eq!(fs::read(root.join("small")).unwrap(), b"fits");
+}
+
+/// The kernel starts a FUSE mount with 128 KiB of read-ahead; mediafs raises
+/// it (sequential reads then arrive in 1 MiB requests), or leaves it alone.
+#[test]
+fn read_ahead_is_raised_unless_told_not_to() {
+    let ctx = local("read_ahead");
+    let knob = |m: &common::Mounted| {
+        let dev = fs::metadata(&m.mnt).unwrap().dev();
+        let path = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let m = MountSpec::new(ctx.url.clone()).mount();
+    assert_eq!(knob(&m), 1024);
+    drop(m);
+    let m = MountSpec::new(ctx.url.clone())
+        .arg("--read-ahead")
+        .arg("4M")
+        .mount();
+    assert_eq!(knob(&m), 4096);
+    drop(m);
+    let m = MountSpec::new(ctx.url.clone())
+        .arg("--read-ahead")
+        .arg("0")
+        .mount();
+    assert_eq!(knob(&m), 128, "the kernel's own value");
 }

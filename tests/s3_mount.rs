@@ -44,7 +44,7 @@ fn s3(name: &str) -> StoreCtx {
         endpoint: Some(server.endpoint.clone()),
         region: Some("us-east-1".into()),
         path_style: true,
-        profile: None,
+        ..Default::default()
     };
     let mut cfg = S3Config::from_options(&bucket, prefix, &opts);
     cfg.credentials = CredentialSource::Static {
@@ -63,6 +63,7 @@ fn s3(name: &str) -> StoreCtx {
         store: Arc::new(store),
         rt,
         keeps_attrs: true,
+        max_object: None,
         _guard: Box::new(()),
     }
 }
@@ -113,6 +114,10 @@ fn objects_of_other_clients_and_s3fs_modes() {
     raw_put(&bucket, "media/odd//double-slash", b"x", &[]);
     raw_put(&bucket, "media/dir/../escape", b"x", &[]);
     let m = ctx.mount();
+    // List first: a listing carries no metadata, yet the modes shown after it
+    // must be the objects' own (`ls -l` right after `ls`).
+    let listed = fs::read_dir(&m.mnt).unwrap().count();
+    assert!(listed >= 2);
     assert_eq!(fs::read(m.path("sdk.jpg")).unwrap(), b"uploaded by an SDK");
     let meta = fs::metadata(m.path("s3fs.jpg")).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o640, "x-amz-meta-mode honoured");
@@ -142,16 +147,35 @@ fn objects_of_other_clients_and_s3fs_modes() {
 #[test]
 fn large_file_uses_multipart_and_round_trips() {
     let ctx = s3("multipart");
-    let m = ctx.mount();
+    let m = ctx.spec().arg("--log-level").arg("debug").mount();
     let data = pattern(200 << 20, 77);
-    let src = tempfile::NamedTempFile::new().unwrap();
-    fs::write(src.path(), &data).unwrap();
-    fs::copy(src.path(), m.path("video.mp4")).unwrap();
-    drop(src);
+    common::write_and_close(&m.path("video.mp4"), &data).unwrap();
     assert_same(&ctx.get("video.mp4").unwrap(), &data, "store copy");
+    // Written front to back: the parts went while it was written.
+    let log = m.log();
+    assert!(log.contains("uploaded in parts sent while"), "{log}");
+    // A rewrite behind the parts already sent falls back to a whole upload.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("video.mp4"))
+        .unwrap();
+    let mut changed = data.clone();
+    std::io::Write::write_all(&mut f, &changed[..40 << 20]).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"patched", 3).unwrap();
+    changed[3..10].copy_from_slice(b"patched");
+    drop(f);
+    assert_same(
+        &ctx.get("video.mp4").unwrap(),
+        &changed,
+        "store copy after a patch",
+    );
     // A second mount (cold cache) reads it back byte-identical.
     let m2 = ctx.mount();
-    assert_same(&fs::read(m2.path("video.mp4")).unwrap(), &data, "read back");
+    assert_same(
+        &fs::read(m2.path("video.mp4")).unwrap(),
+        &changed,
+        "read back",
+    );
 }
 
 #[test]
@@ -214,4 +238,174 @@ fn unreachable_endpoint_fails_the_mount_fast() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// The thumbnail case and `ls -l`, counted in store requests: a small file
+/// read by path costs one GET (no HEAD), and `ls -l` one HEAD per file.
+#[test]
+fn small_files_by_path_cost_one_request_each() {
+    let ctx = s3("requests");
+    for i in 0..20u64 {
+        ctx.put(
+            &format!("thumbs/t{i}.jpg"),
+            &pattern(16 * 1024 + i as usize, i),
+        );
+    }
+    // A TTL longer than the test: on a loaded CI machine the default 5 s can
+    // run out between two loops, and a revalidation is a (conditional) GET.
+    let m = ctx
+        .spec()
+        .ttl(3600)
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .mount();
+    let addr = common::metrics_addr(&m.log());
+    let count = |op: &str| {
+        let text = common::scrape(&addr);
+        common::sample(
+            &text,
+            &format!(r#"mediafs_store_requests_total{{op="{op}",outcome="ok"}}"#),
+        )
+    };
+    let (gets, stats, heads) = (count("get"), count("stat"), count("head"));
+    for i in 0..20u64 {
+        assert_same(
+            &fs::read(m.path(&format!("thumbs/t{i}.jpg"))).unwrap(),
+            &pattern(16 * 1024 + i as usize, i),
+            "thumbnail",
+        );
+    }
+    // One GET per file, plus at most one for looking up the directory.
+    let got = count("get") - gets;
+    assert!((20.0..=21.0).contains(&got), "{got} GETs for 20 files");
+    assert!(count("head") - heads + count("stat") - stats <= 1.0);
+    // Read again: from the disk cache, no request at all.
+    let before = (count("get"), count("head"), count("stat"));
+    for i in 0..20u64 {
+        fs::read(m.path(&format!("thumbs/t{i}.jpg"))).unwrap();
+    }
+    assert_eq!((count("get"), count("head"), count("stat")), before);
+    // A new file in a directory not listed: the lookup's GET (404), one
+    // listing request to rule out a directory of that name, then the PUT.
+    let before = [
+        count("get"),
+        count("stat_dir"),
+        count("stat") + count("head"),
+    ];
+    let puts = count("put");
+    for i in 0..10u64 {
+        common::write_and_close(&m.path(&format!("thumbs/new{i}.jpg")), b"new").unwrap();
+    }
+    let after = [
+        count("get"),
+        count("stat_dir"),
+        count("stat") + count("head"),
+    ];
+    let [gets, dir_checks, heads] = [0, 1, 2].map(|i| after[i] - before[i]);
+    // One more GET and directory check when `thumbs` itself had to be looked
+    // up again (its TTL ran out on a slow machine).
+    assert!(
+        (10.0..=11.0).contains(&gets) && dir_checks == gets && heads == 0.0,
+        "{gets} GETs, {dir_checks} directory checks and {heads} HEADs for 10 new files"
+    );
+    assert_eq!(count("put") - puts, 10.0);
+    // ls -l of a fresh directory: a listing and one request per file, a
+    // HEAD, or for a small file a GET that brings its bytes: reading the
+    // small files afterwards (a gallery page) then costs nothing more.
+    for i in 0..40u64 {
+        ctx.put(&format!("listed/f{i}.jpg"), b"x");
+    }
+    for i in 0..10u64 {
+        ctx.put(&format!("listed/big{i}.jpg"), &pattern(100 * 1024, i));
+    }
+    let before = [count("get"), count("stat") + count("head")];
+    let sizes: Vec<u64> = fs::read_dir(m.path("listed"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(sizes.iter().filter(|&&len| len == 1).count(), 40);
+    assert_eq!(sizes.iter().filter(|&&len| len == 100 * 1024).count(), 10);
+    let after = [count("get"), count("stat") + count("head")];
+    let [gets, heads] = [0, 1].map(|i| after[i] - before[i]);
+    // One or two more GETs: the lookup of `listed` itself (404: a directory),
+    // again if its TTL ran out meanwhile.
+    assert!(
+        (41.0..=42.0).contains(&gets) && heads == 10.0,
+        "{gets} GETs and {heads} HEADs for ls -l of 40 small and 10 larger files"
+    );
+    for i in 0..40u64 {
+        assert_eq!(fs::read(m.path(&format!("listed/f{i}.jpg"))).unwrap(), b"x");
+    }
+    assert_eq!(
+        count("get"),
+        after[0],
+        "small listed files come from the cache"
+    );
+}
+
+/// `mediafs check` on the real server: a good bucket passes every check; a
+/// wrong secret and a closed port fail with a plain reason and exit code 1,
+/// and the secret is never printed.
+#[test]
+fn check_good_bucket_bad_secret_and_unreachable_endpoint() {
+    let server = swift();
+    let bucket = bucket_for("check_cmd");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(server.create_bucket(&bucket));
+    let (args, env) = server.s3_mount_args();
+    let check = |secret: &str, extra: &[String]| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("check").arg(format!("s3://{bucket}"));
+        cmd.args(extra).args(["--timeout", "20"]);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.env("AWS_SECRET_ACCESS_KEY", secret);
+        let t = std::time::Instant::now();
+        let out = cmd.output().expect("run mediafs check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text, t.elapsed())
+    };
+
+    let (code, text, _) = check(SECRET, &args);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("the store is usable"), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+
+    let (code, text, _) = check("not-the-check-secret", &args);
+    assert_ne!(code, Some(0), "a wrong secret must fail: {text}");
+    let lower = text.to_lowercase();
+    assert!(
+        lower.contains("credential")
+            || lower.contains("secret")
+            || lower.contains("signature")
+            || lower.contains("access denied"),
+        "clear message: {text}"
+    );
+    assert!(!text.contains("not-the-check-secret"), "{text}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = [
+        "--endpoint".to_string(),
+        format!("http://127.0.0.1:{port}"),
+        "--path-style".into(),
+    ];
+    let (code, text, took) = check(SECRET, &closed);
+    assert_ne!(code, Some(0), "nothing listens there: {text}");
+    assert!(
+        text.contains(&port.to_string()) || text.to_lowercase().contains("connect"),
+        "{text}"
+    );
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
 }

@@ -6,9 +6,11 @@
 //!
 //! Each test works in its own bucket, so they run in parallel.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,8 +24,7 @@ use mediafs::store::{
 };
 use sha2::{Digest, Sha256};
 
-const KEY: &str = "test:tester";
-const SECRET: &str = "testing";
+use common::swift::{KEY, SECRET};
 
 struct Server {
     endpoint: String,
@@ -31,70 +32,21 @@ struct Server {
     secret: String,
 }
 
-/// The data directory of the Swift this binary started, stopped at exit.
-static STARTED: OnceLock<PathBuf> = OnceLock::new();
-static SERVER: OnceLock<Option<Server>> = OnceLock::new();
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-extern "C" fn stop_swift() {
-    if let Some(dir) = STARTED.get() {
-        let _ = Command::new(repo().join("scripts/swift-stop.sh"))
-            .arg(dir)
-            .stdout(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
 fn server() -> Option<&'static Server> {
+    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
     SERVER
         .get_or_init(|| {
-            if let Ok(endpoint) = std::env::var("MEDIAFS_TEST_S3_ENDPOINT") {
-                return Some(Server {
-                    endpoint,
-                    key: std::env::var("MEDIAFS_TEST_S3_KEY").unwrap_or(KEY.into()),
-                    secret: std::env::var("MEDIAFS_TEST_S3_SECRET").unwrap_or(SECRET.into()),
-                });
-            }
             if std::env::var("MEDIAFS_SKIP_SWIFT").as_deref() == Ok("1") {
                 eprintln!(
                     "\n!!!!!!!! MEDIAFS_SKIP_SWIFT=1: S3 STORE TESTS SKIPPED, NOTHING WAS TESTED !!!!!!!!\n"
                 );
                 return None;
             }
-            let dir = tempfile::Builder::new()
-                .prefix("mediafs-swift-")
-                .tempdir()
-                .expect("temporary directory")
-                .keep();
-            STARTED.set(dir.clone()).unwrap();
-            // SAFETY: registering a plain extern "C" function.
-            unsafe { libc::atexit(stop_swift) };
-            let t = Instant::now();
-            let out = Command::new(repo().join("scripts/swift-start.sh"))
-                .arg("auto")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("running scripts/swift-start.sh");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "swift-start.sh failed:\n{text}");
-            let port = text
-                .lines()
-                .find_map(|l| l.strip_prefix("port="))
-                .expect("swift-start.sh printed no port");
-            eprintln!(
-                "swift started on port {port} in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
+            // The shared test server (or MEDIAFS_TEST_S3_ENDPOINT).
             Some(Server {
-                endpoint: format!("http://127.0.0.1:{port}"),
-                key: KEY.into(),
-                secret: SECRET.into(),
+                endpoint: common::swift::swift().endpoint.clone(),
+                key: std::env::var("MEDIAFS_TEST_S3_KEY").unwrap_or(KEY.into()),
+                secret: std::env::var("MEDIAFS_TEST_S3_SECRET").unwrap_or(SECRET.into()),
             })
         })
         .as_ref()
@@ -107,6 +59,7 @@ impl Server {
             region: Some("us-east-1".into()),
             path_style: true,
             profile: None,
+            ..Default::default()
         };
         let mut cfg = S3Config::from_options(bucket, prefix, &opts);
         cfg.credentials = CredentialSource::Static {
@@ -138,15 +91,7 @@ impl Server {
     }
 
     async fn bucket(&self, bucket: &str) {
-        let r = self.raw().create_bucket().bucket(bucket).send().await;
-        if let Err(e) = r {
-            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or("");
-            assert!(
-                code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists",
-                "create bucket {bucket}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            );
-        }
+        common::swift::create_bucket(&self.raw(), bucket).await
     }
 
     /// A fresh bucket and a store over it (below `prefix`).
@@ -943,7 +888,7 @@ async fn bad_secret_is_a_clear_error() {
 
 #[tokio::test]
 async fn unreachable_endpoint_fails_fast() {
-    let out = Command::new(repo().join("scripts/lib/free-port.sh"))
+    let out = Command::new(common::swift::repo().join("scripts/lib/free-port.sh"))
         .output()
         .unwrap();
     let port = String::from_utf8(out.stdout).unwrap();
@@ -1059,6 +1004,7 @@ async fn child_open_store() {
         region: None,
         path_style: false, // implied by the loopback address
         profile: std::env::var("MEDIAFS_CHILD_PROFILE").ok(),
+        ..Default::default()
     };
     let url = StoreUrl::parse("s3://envcreds/sub").unwrap();
     let store = open_store(&url, &opts).await.unwrap();

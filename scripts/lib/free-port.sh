@@ -15,9 +15,19 @@ listening() {   # the ports something listens on, one per line
     fi
 }
 
+# Stay out of the kernel's ephemeral range: outgoing connections take ports
+# there without listening, so `ss -l` cannot see them and a server started
+# on one fails with "Address already in use".
+read -r eph_lo eph_hi < /proc/sys/net/ipv4/ip_local_port_range || { eph_lo=32768; eph_hi=60999; }
+if [ "$eph_lo" -ge 12000 ]; then
+    lo=10000 span=$(( eph_lo - 10000 - COUNT ))
+else
+    lo=$(( eph_hi + 1 )) span=$(( 65535 - eph_hi - COUNT ))
+fi
+
 busy=" $(listening | sort -un | tr '\n' ' ') "
 for _ in $(seq 1 200); do
-    base=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    base=$(( lo + (RANDOM * 32768 + RANDOM) % span ))
     ok=1
     for ((p = base; p < base + COUNT; p++)); do
         case "$busy" in *" $p "*) ok=0; break ;; esac

@@ -12,12 +12,14 @@
 //! The index is a moka cache weighed by size (LRU); evicting an entry deletes
 //! its file. At start-up the index is rebuilt from `data/`, oldest access first.
 
+pub mod admin;
+mod checksum;
 mod download;
 mod run_state;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,16 +35,29 @@ use run_state::RunGuard;
 /// Weights are in KiB so that a u32 weight covers objects up to 4 TiB.
 const WEIGHT_UNIT: u64 = 1024;
 
+/// Entries up to this size are checksummed and checked inline, wherever
+/// that happens; larger ones off the FUSE thread.
+const INLINE_CHECK_BYTES: u64 = 1 << 20;
+
+/// What the index knows of one entry file.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Written in this run, or checked against its checksum since.
+    verified: bool,
+}
+
 pub struct DiskCache {
     root: PathBuf,
     data: PathBuf,
     tmp: PathBuf,
     store_id: String,
     capacity: u64,
-    index: moka::sync::Cache<String, u64>,
+    index: moka::sync::Cache<String, Entry>,
     downloads: Mutex<HashMap<String, Weak<Download>>>,
     tmp_counter: AtomicU64,
-    stats: CacheStats,
+    stats: Arc<CacheStats>,
+    /// Holds the exclusive flock on `lock`: no second mount, no `cache clear`.
     run: RunGuard,
 }
 
@@ -51,6 +66,8 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub bytes_fetched: AtomicU64,
+    /// Entries dropped to stay under the size bound.
+    pub evictions: AtomicU64,
 }
 
 /// Create `dir` (and parents) with mode 0700, and tighten it if it existed.
@@ -72,19 +89,28 @@ impl DiskCache {
         let data = root.join("data");
         let tmp = root.join("tmp");
         private_dir(&data)?;
+        // All 256 fan-out directories now, so an insert is one rename.
+        for i in 0..=255u8 {
+            private_dir(&data.join(format!("{i:02x}")))?;
+        }
         // Leftover partial downloads are worthless: start clean.
         let _ = fs::remove_dir_all(&tmp);
         private_dir(&tmp)?;
         let data_for_listener = data.clone();
+        let stats = Arc::new(CacheStats::default());
+        let stats_for_listener = stats.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity / WEIGHT_UNIT)
             // Plain LRU: TinyLFU would refuse a new entry we just downloaded.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .weigher(|_name: &String, size: &u64| {
-                (size.div_ceil(WEIGHT_UNIT)).clamp(1, u32::MAX as u64) as u32
+            .weigher(|_name: &String, e: &Entry| {
+                (e.size.div_ceil(WEIGHT_UNIT)).clamp(1, u32::MAX as u64) as u32
             })
             .eviction_listener(move |name: Arc<String>, _size, cause| {
                 // Replaced: the same name now points at a new file; keep it.
+                if cause == RemovalCause::Size {
+                    stats_for_listener.evictions.fetch_add(1, Ordering::Relaxed);
+                }
                 if cause != RemovalCause::Replaced {
                     let _ = fs::remove_file(entry_path(&data_for_listener, &name));
                 }
@@ -99,7 +125,7 @@ impl DiskCache {
             index,
             downloads: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
-            stats: CacheStats::default(),
+            stats,
             run,
         });
         cache.scan(unsafe_since)?;
@@ -121,7 +147,7 @@ impl DiskCache {
     /// Bytes the index holds now.
     pub fn used_bytes(&self) -> u64 {
         self.index.run_pending_tasks();
-        self.index.iter().map(|(_, size)| size).sum()
+        self.index.iter().map(|(_, e)| e.size).sum()
     }
 
     /// The cache is consistent on disk; see `run_state`.
@@ -164,7 +190,9 @@ impl DiskCache {
         }
         found.sort();
         for (_, name, size) in found {
-            self.index.insert(name, size);
+            // From an earlier run: checked against its checksum at first use.
+            let verified = false;
+            self.index.insert(name, Entry { size, verified });
         }
         self.index.run_pending_tasks();
         Ok(())
@@ -190,27 +218,51 @@ impl DiskCache {
     }
 
     /// The cached bytes of exactly this version, if present and intact.
+    /// Counts a hit or a miss. An entry from an earlier run is read whole
+    /// once to check it against its checksum.
     pub fn open_entry(&self, meta: &ObjectMeta) -> Option<File> {
-        let name = self.entry_name(meta);
-        if self.index.get(&name).is_none() {
+        let found = self.entry(meta, u64::MAX);
+        if found.is_none() {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Like `open_entry`, but a miss is not counted, and an entry still to be
+    /// checked is only checked here if it is small: for fast paths (on the
+    /// FUSE thread) that fall back to `open_entry` when this finds nothing.
+    pub fn probe_entry(&self, meta: &ObjectMeta) -> Option<File> {
+        self.entry(meta, INLINE_CHECK_BYTES)
+    }
+
+    fn entry(&self, meta: &ObjectMeta, check_up_to: u64) -> Option<File> {
+        let name = self.entry_name(meta);
+        let entry = self.index.get(&name)?;
+        if !entry.verified && entry.size > check_up_to {
             return None;
         }
         match File::open(self.path_of(&name)) {
             Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(meta.size) => {
+                if !entry.verified {
+                    if !checksum::verify(&f) {
+                        tracing::warn!(key = %meta.key, entry = %name, "cache entry does not match its checksum; dropping it");
+                        self.index.invalidate(&name);
+                        return None;
+                    }
+                    let verified = true;
+                    self.index.insert(name, Entry { verified, ..entry });
+                }
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 Some(f)
             }
             Ok(_) => {
                 tracing::warn!(key = %meta.key, entry = %name, "cache entry has the wrong size; dropping it");
                 self.index.invalidate(&name);
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
             Err(_) => {
                 // Removed behind our back (e.g. by `cache clear`): a miss.
                 self.index.invalidate(&name);
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
@@ -234,14 +286,68 @@ impl DiskCache {
         }
         let name = self.entry_name(meta);
         let path = self.path_of(&name);
-        if let Some(parent) = path.parent() {
+        // The checksum goes with the file as an extended attribute. A small
+        // file's is taken now; a large one's after the rename, off the
+        // reader's path (it is trusted in this run; should we die before it
+        // is recorded, the next run drops the entry rather than trust it).
+        let later = match File::open(from) {
+            Ok(f) if meta.size <= INLINE_CHECK_BYTES => {
+                let _ = checksum::of_file(&f).and_then(|crc| checksum::store(&f, crc));
+                false
+            }
+            Ok(f) => !matches!(checksum::load(&f), Ok(Some(_))),
+            Err(_) => false,
+        };
+        if let Err(e) = fs::rename(from, &path) {
+            // Its fan-out directory went missing behind our back: make it.
+            let Some(parent) = path
+                .parent()
+                .filter(|_| e.kind() == std::io::ErrorKind::NotFound)
+            else {
+                return Err(e);
+            };
             private_dir(parent)?;
+            fs::rename(from, &path)?;
         }
-        fs::rename(from, &path)?;
-        self.index.insert(name, meta.size);
+        let (size, verified) = (meta.size, true);
+        self.index.insert(name, Entry { size, verified });
         // Evict now, not at some later maintenance tick: the bound is a promise.
         self.index.run_pending_tasks();
+        if later {
+            std::thread::spawn(move || {
+                if let Ok(f) = File::open(&path) {
+                    let _ = checksum::of_file(&f).and_then(|crc| checksum::store(&f, crc));
+                }
+            });
+        }
         Ok(true)
+    }
+
+    /// Keep `bytes`, the whole object `meta`, fetched some other way than a
+    /// download (e.g. with a lookup). Best effort: a failure only costs a GET.
+    pub fn insert_bytes(&self, meta: &ObjectMeta, bytes: &[u8]) {
+        if bytes.len() as u64 != meta.size || self.contains(meta) {
+            return;
+        }
+        let tmp = self.tmp_path();
+        // 0600 like every cache file: another user must not read them.
+        let written = fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes));
+        let kept = written.and_then(|()| self.insert_file(&tmp, meta));
+        match kept {
+            Ok(true) => {
+                self.stats
+                    .bytes_fetched
+                    .fetch_add(meta.size, Ordering::Relaxed);
+            }
+            _ => {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
     }
 
     /// The same bytes are now known under a new version (e.g. after chmod on a
@@ -267,12 +373,12 @@ impl DiskCache {
     /// not expose its LRU order) until about `bytes` are freed.
     pub fn free_bytes(&self, bytes: u64) {
         let mut freed = 0;
-        for (name, size) in self.index.iter() {
+        for (name, entry) in self.index.iter() {
             if freed >= bytes {
                 break;
             }
             self.index.invalidate(name.as_str());
-            freed += size;
+            freed += entry.size;
         }
         self.index.run_pending_tasks();
         tracing::warn!(freed, "cache disk full: evicted entries early");
@@ -347,6 +453,7 @@ mod tests {
             put(&cache, &meta(&format!("k{i}"), "v", 30 * 1024));
         }
         assert!(cache.used_bytes() <= 100 * 1024, "{}", cache.used_bytes());
+        assert!(cache.stats().evictions.load(Ordering::Relaxed) >= 7);
         let (_, on_disk) = dir_usage(dir.path()).unwrap();
         assert!(on_disk <= 100 * 1024, "files left on disk: {on_disk}");
         let last = meta("k9", "v", 30 * 1024);
@@ -367,6 +474,49 @@ mod tests {
         fs::write(cache.path_of(&cache.entry_name(&m)), b"short").unwrap();
         assert!(cache.open_entry(&m).is_none());
         assert!(cache.open_entry(&m).is_none());
+    }
+
+    /// Flip one byte of an entry file, keeping its length.
+    fn damage(cache: &DiskCache, m: &ObjectMeta, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(cache.path_of(&cache.entry_name(m)))
+            .unwrap();
+        f.write_all_at(&[0x55], at).unwrap();
+    }
+
+    #[test]
+    fn entry_of_an_earlier_run_is_checked_against_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = meta("small", "v", 10_000);
+        let large = meta("large", "v", 3 << 20);
+        {
+            let cache = DiskCache::open(dir.path(), "s", 64 << 20).unwrap();
+            put(&cache, &small);
+            put(&cache, &large);
+            // The large entry's checksum is recorded off the caller's path.
+            let path = cache.path_of(&cache.entry_name(&large));
+            let t = std::time::Instant::now();
+            while !matches!(checksum::load(&File::open(&path).unwrap()), Ok(Some(_))) {
+                assert!(t.elapsed() < std::time::Duration::from_secs(10));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        // Intact: served, the large one only off the fast path.
+        let cache = DiskCache::open(dir.path(), "s", 64 << 20).unwrap();
+        assert!(cache.probe_entry(&small).is_some());
+        assert!(cache.probe_entry(&large).is_none(), "not checked inline");
+        assert!(cache.open_entry(&large).is_some());
+        assert!(cache.probe_entry(&large).is_some(), "checked once per run");
+        drop(cache);
+        // Right length, wrong bytes: dropped, never served.
+        let cache = DiskCache::open(dir.path(), "s", 64 << 20).unwrap();
+        damage(&cache, &small, 5);
+        damage(&cache, &large, 2 << 20);
+        assert!(cache.open_entry(&small).is_none());
+        assert!(cache.open_entry(&large).is_none());
+        assert!(!cache.contains(&small) && !cache.contains(&large));
     }
 
     #[test]

@@ -86,15 +86,25 @@ impl RunGuard {
 
     fn write(&self, clean: bool) -> io::Result<()> {
         let tmp = self.state.with_extension("tmp");
-        fs::write(
-            &tmp,
+        // Like every file in the cache: 0600, whatever the umask. Remove a
+        // leftover first, since the mode applies only when a file is created.
+        let _ = fs::remove_file(&tmp);
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        io::Write::write_all(
+            &mut f,
             format!(
                 "boot={}\nstart={}\nclean={}\n",
                 self.boot,
                 self.started,
                 u8::from(clean)
-            ),
+            )
+            .as_bytes(),
         )?;
+        drop(f);
         fs::rename(&tmp, &self.state)
     }
 

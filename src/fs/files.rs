@@ -9,11 +9,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use super::inode::Kind;
+use super::part_upload::Finish;
 use super::passthrough::PassthroughOpen;
 use super::staging::Staged;
 use super::{Attr, Core, FsError, FsResult, Handle};
 use crate::cache::{Download, DownloadError};
-use crate::store::{Attrs, GetResult, ObjectMeta};
+use crate::store::{Attrs, GetResult, ObjectMeta, StoreError};
 use futures::StreamExt;
 
 /// Where a read handle gets its bytes.
@@ -52,7 +53,18 @@ impl Core {
             }
             (i.path.clone(), i.object.clone())
         };
-        match self.store.head(&path).await? {
+        // The store is down: the version we knew is the best answer there is
+        // (its bytes may well be in the disk cache).
+        if self.store_down() && stale.is_some() {
+            return Ok(stale);
+        }
+        let result = self.store.head(&path).await;
+        self.note_store(&result);
+        let result = match result {
+            Err(StoreError::Unavailable(_)) if stale.is_some() => return Ok(stale),
+            r => r,
+        };
+        match result? {
             Some(meta) => {
                 if stale.as_ref().is_some_and(|s| s.version != meta.version) {
                     tracing::debug!(key = %path, "changed in the store; will read the new version");
@@ -178,7 +190,7 @@ impl Core {
         let source = if meta.size == 0 {
             ReadSource::Empty
         } else {
-            ReadSource::Cached(self.cache.open_entry(&meta)?)
+            ReadSource::Cached(self.cache.probe_entry(&meta)?)
         };
         let cached = match &source {
             ReadSource::Cached(f) => Some(f),
@@ -317,11 +329,15 @@ impl Core {
             if truncate {
                 let _excl = staged.lock.write().await;
                 staged.truncate(0)?;
+                self.data_changed(ino);
             }
             return Ok(staged);
         }
         let staged = Arc::new(Staged::create(&self.staging_dir, &path)?);
-        if truncate || local_only {
+        if truncate {
+            staged.set_dirty(true);
+            self.data_changed(ino);
+        } else if local_only {
             staged.set_dirty(true);
         } else if let Err(e) = self.fill_staged(ino, &staged).await {
             staged.discard();
@@ -331,6 +347,15 @@ impl Core {
         let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
         i.staged = Some(staged.clone());
         Ok(staged)
+    }
+
+    /// The file's bytes changed on this host (a truncation): its mtime is
+    /// now, as after a write, not the one it was opened with.
+    fn data_changed(&self, ino: u64) {
+        if let Some(i) = self.inodes.lock().unwrap().get_mut(ino) {
+            i.modified = SystemTime::now();
+            i.attrs.mtime = None;
+        }
     }
 
     /// Copy the file's current bytes into a new staging file.
@@ -397,7 +422,9 @@ impl Core {
             i.io_plain += 1; // a new inode: no passthrough opens to wait for
             ino
         };
-        self.invalidate(&path);
+        // Lookups find the new inode (it has local state); readdir adds it
+        // to any listing. The parent's listing stays good.
+        self.missing.invalidate(&path);
         let append = flags & libc::O_APPEND != 0;
         let fh = self.register(
             ino,
@@ -465,9 +492,20 @@ impl Core {
             staged.mark_broken();
             return Err(e);
         }
-        if let Some(i) = self.inodes.lock().unwrap().get_mut(h.ino) {
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(i) = t.get_mut(h.ino) {
             i.modified = SystemTime::now();
             i.attrs.mtime = None;
+            if let Some(plan) = self.store.part_plan() {
+                staged.parts.lock().unwrap().send_ready(
+                    &self.store,
+                    plan,
+                    &i.path,
+                    &i.attrs,
+                    &staged.path,
+                    staged.size(),
+                );
+            }
         }
         Ok(data.len() as u32)
     }
@@ -494,10 +532,12 @@ impl Core {
         };
         if unlinked {
             // Written to a file that was deleted meanwhile: nothing to keep.
+            staged.parts.lock().unwrap().abandon(&self.store);
             staged.set_dirty(false);
             return Ok(());
         }
         if staged.is_broken() {
+            staged.parts.lock().unwrap().abandon(&self.store);
             tracing::error!(
                 key = %path,
                 staging_file = %staged.path.display(),
@@ -507,13 +547,41 @@ impl Core {
                 "an earlier write to {path} failed; not uploaded"
             )));
         }
+        let finish = staged
+            .parts
+            .lock()
+            .unwrap()
+            .finish(&self.store, &path, &attrs);
         let attrs = Attrs {
             mtime: attrs.mtime.or(Some(modified)),
             ..attrs
         };
         self.upload_started();
         tracing::debug!(key = %path, size = staged.size(), "uploading");
-        let result = self.store.put(&path, &staged.path, &attrs).await;
+        let result = match finish {
+            Finish::Parts(parts) => {
+                match parts
+                    .complete(&self.store, staged.path.clone(), staged.size())
+                    .await
+                {
+                    // A store that is down would fail the whole upload too.
+                    Err(e @ StoreError::Unavailable(_)) => Err(e),
+                    Err(e) => {
+                        tracing::warn!(key = %path, error = %e, "upload in parts failed; sending the whole file");
+                        self.store.put(&path, &staged.path, &attrs).await
+                    }
+                    Ok(meta) => {
+                        tracing::debug!(key = %path, size = meta.size, "uploaded in parts sent while the file was written");
+                        Ok(meta)
+                    }
+                }
+            }
+            Finish::Spoiled(why) => {
+                tracing::debug!(key = %path, why, "parts sent early are dropped; sending the whole file");
+                self.store.put(&path, &staged.path, &attrs).await
+            }
+            Finish::Whole => self.store.put(&path, &staged.path, &attrs).await,
+        };
         self.upload_finished();
         match result {
             Ok(meta) => {
@@ -524,21 +592,29 @@ impl Core {
                     i.local_only = false;
                     i.kernel_version = Some(meta.version.clone());
                     i.attrs = i.attrs.merged(&meta.attrs);
-                    i.object = Some(meta);
+                    i.object = Some(meta.clone());
                     i.validated = Instant::now();
                 }
                 drop(t);
-                self.invalidate(&path);
+                self.listed_change(&path, Some(crate::store::Node::File(meta)));
                 Ok(())
             }
             Err(e) => {
+                staged.note_upload_failed();
                 tracing::error!(
                     key = %path,
+                    request = "put",
                     staging_file = %staged.path.display(),
                     error = %e,
                     "upload failed; the store keeps its previous version and the written bytes stay in the staging file"
                 );
-                Err(FsError::Io(format!("upload of {path} failed: {e}")))
+                Err(match e {
+                    // The store refused the name itself (a clash under its
+                    // collation, a column too short): say so, not EIO.
+                    StoreError::AlreadyExists => FsError::Exists,
+                    StoreError::NameTooLong(_) => FsError::NameTooLong,
+                    e => FsError::Io(format!("upload of {path} failed: {e}")),
+                })
             }
         }
     }
@@ -551,8 +627,9 @@ impl Core {
         if let (Some(staged), true) = (&h.staged, h.write)
             && staged.writers.fetch_sub(1, Ordering::AcqRel) == 1
         {
-            if staged.is_dirty() {
-                // close() normally flushed already; this is the last chance.
+            if staged.is_dirty() && !staged.upload_failed() {
+                // close() normally flushed already; this is the last chance
+                // for bytes no close() sent (written through a mapping).
                 result = self.upload(h.ino, staged).await;
             }
             self.retire_staged(h.ino, staged).await;
@@ -638,10 +715,13 @@ impl Core {
         // ftruncate: the change goes to the store with the handle's close.
         if let Some(staged) = fh
             .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| h.write)
             .and_then(|h| h.staged.clone())
         {
             let _excl = staged.lock.write().await;
-            return staged.truncate(size);
+            staged.truncate(size)?;
+            self.data_changed(ino);
+            return Ok(());
         }
         // truncate(2) while another handle writes: durable when it returns.
         let open_staged = self
@@ -655,6 +735,7 @@ impl Core {
                 let _excl = staged.lock.write().await;
                 staged.truncate(size)?;
             }
+            self.data_changed(ino);
             return self.upload(ino, &staged).await;
         }
         // truncate(2) on a file nobody has open: a whole open-write-close.
@@ -675,6 +756,7 @@ impl Core {
                     let _excl = staged.lock.write().await;
                     staged.truncate(size)?;
                 }
+                self.data_changed(ino);
                 self.flush(reply.fh).await
             }
             None => Err(FsError::BadHandle),

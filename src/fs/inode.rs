@@ -25,6 +25,8 @@ pub struct Inode {
     pub object: Option<ObjectMeta>,
     /// Attributes as the store knows them, with our own changes on top.
     pub attrs: Attrs,
+    /// `attrs` came from the object itself, not from a listing without them.
+    pub attrs_known: bool,
     pub modified: SystemTime,
     /// When `object`/`attrs` were last confirmed by the store.
     pub validated: Instant,
@@ -63,18 +65,30 @@ impl Inode {
         self.local_only || self.staged.is_some()
     }
 
-    fn update_from(&mut self, node: &Node, now: Instant) {
+    /// Take what the store says. `attrs_known`: the node carries the
+    /// object's real attributes (a HEAD does; an S3 listing does not). Unknown
+    /// attributes never replace known ones of the same version.
+    fn update_from(&mut self, node: &Node, now: Instant, attrs_known: bool) {
         if self.has_local_state() {
             return;
         }
+        let (attrs, same) = match node {
+            Node::File(m) => (
+                &m.attrs,
+                self.object.as_ref().is_some_and(|o| o.version == m.version),
+            ),
+            Node::Dir(d) => (&d.attrs, true),
+        };
+        if attrs_known || !same || !self.attrs_known {
+            self.attrs = attrs.clone();
+            self.attrs_known = attrs_known;
+        }
         match node {
             Node::File(m) => {
-                self.attrs = m.attrs.clone();
-                self.modified = m.attrs.mtime.unwrap_or(m.modified);
+                self.modified = self.attrs.mtime.unwrap_or(m.modified);
                 self.object = Some(m.clone());
             }
             Node::Dir(d) => {
-                self.attrs = d.attrs.clone();
                 if let Some(m) = d.modified {
                     self.modified = m;
                 }
@@ -123,6 +137,7 @@ impl InodeTable {
             kind,
             object: None,
             attrs: Attrs::default(),
+            attrs_known: true,
             modified: SystemTime::now(),
             validated: Instant::now(),
             lookups: 0,
@@ -161,6 +176,17 @@ impl InodeTable {
     /// Record what the store says is at `path`; returns the inode number. A
     /// file that became a directory (or the other way) gets a new inode.
     pub fn upsert(&mut self, path: &str, node: &Node, now: Instant) -> u64 {
+        self.upsert_listed(path, node, now, true)
+    }
+
+    /// As `upsert`, for a node from a listing that may lack attributes.
+    pub fn upsert_listed(
+        &mut self,
+        path: &str,
+        node: &Node,
+        now: Instant,
+        attrs_known: bool,
+    ) -> u64 {
         let kind = kind_of(node);
         if let Some(&ino) = self.by_path.get(path) {
             let inode = self
@@ -168,7 +194,7 @@ impl InodeTable {
                 .get_mut(&ino)
                 .expect("path map points at a live inode");
             if inode.kind == kind {
-                inode.update_from(node, now);
+                inode.update_from(node, now, attrs_known);
                 return ino;
             }
             self.detach(path);
@@ -176,7 +202,7 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         let mut inode = self.blank(ino, path.to_string(), kind);
-        inode.update_from(node, now);
+        inode.update_from(node, now, attrs_known);
         self.by_ino.insert(ino, inode);
         self.by_path.insert(path.to_string(), ino);
         ino
@@ -244,14 +270,28 @@ impl InodeTable {
             inode.lookups = inode.lookups.saturating_sub(n);
             self.maybe_drop(ino);
         }
+        if self.by_ino.len() > KEEP_IDLE {
+            self.prune();
+        }
     }
 
-    /// Drop the inode if nothing refers to it any more.
+    /// Drop the inode if nothing refers to it any more. One still in the
+    /// namespace is kept while the table is small: the kernel forgets inodes
+    /// whenever it reclaims memory, and what we knew of them (attributes,
+    /// version, whether their bytes are cached) still answers the next lookup
+    /// without a store request while it is fresh.
     pub fn maybe_drop(&mut self, ino: u64) {
+        self.drop_idle(ino, self.by_ino.len() > KEEP_IDLE);
+    }
+
+    fn drop_idle(&mut self, ino: u64, force: bool) {
         let Some(inode) = self.by_ino.get(&ino) else {
             return;
         };
         if ino == ROOT_INO || inode.lookups > 0 || inode.open > 0 || inode.staged.is_some() {
+            return;
+        }
+        if !force && self.by_path.get(&inode.path) == Some(&ino) {
             return;
         }
         // A local-only file still in the namespace is the only record of it.
@@ -274,10 +314,14 @@ impl InodeTable {
             .map(|i| i.ino)
             .collect();
         for ino in idle {
-            self.maybe_drop(ino);
+            self.drop_idle(ino, true);
         }
     }
 }
+
+/// Inodes the kernel no longer references are kept up to this many (about
+/// 50 MiB), then dropped by `prune`.
+const KEEP_IDLE: usize = 100_000;
 
 /// The directory part of a key ("" for top-level names).
 pub fn parent_of(path: &str) -> &str {
@@ -316,15 +360,21 @@ mod tests {
     }
 
     #[test]
-    fn forget_drops_unreferenced() {
+    fn forgotten_inodes_are_kept_while_named_and_dropped_when_gone() {
         let mut t = InodeTable::new();
         let a = t.upsert("a", &dir("a"), Instant::now());
         t.get_mut(a).unwrap().lookups = 2;
         t.forget(a, 1);
-        assert!(t.get(a).is_some());
         t.forget(a, 1);
+        // Unreferenced but still named: what we knew answers the next lookup.
+        assert_eq!(t.by_path("a").map(|i| i.ino), Some(a));
+        // Gone from the namespace and unreferenced: dropped.
+        t.detach("a");
         assert!(t.get(a).is_none());
-        assert!(t.by_path("a").is_none());
+        // Pruned when the table has to shrink.
+        let b = t.upsert("b", &dir("b"), Instant::now());
+        t.prune();
+        assert!(t.get(b).is_none());
         assert!(t.get(ROOT_INO).is_some());
     }
 }

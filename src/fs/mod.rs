@@ -10,6 +10,7 @@ pub mod error;
 mod files;
 pub mod inode;
 mod namespace;
+mod part_upload;
 mod passthrough;
 pub mod staging;
 
@@ -29,7 +30,7 @@ pub use namespace::DirEntry;
 pub use passthrough::{Backing, PassthroughOpen};
 
 use crate::cache::{DiskCache, private_dir};
-use crate::store::{MAX_KEY_BYTES, MAX_NAME_BYTES, Node, Store, join_key};
+use crate::store::{MAX_KEY_BYTES, MAX_NAME_BYTES, Node, Store, StoreError, StoreResult, join_key};
 use inode::{Inode, InodeTable};
 
 /// How the mount presents files the store keeps no attributes for, and how
@@ -135,7 +136,14 @@ pub struct Core {
     uploads_done: Notify,
     /// FUSE passthrough is on (config allows it and the kernel agreed).
     pub(crate) passthrough: std::sync::atomic::AtomicBool,
+    /// While the store is unreachable: when to ask it again. Until then what
+    /// we last knew is served (see `outage`).
+    store_retry_at: Mutex<Option<Instant>>,
 }
+
+/// After the store failed to answer, how long stale metadata is served
+/// without asking again (each ask could take --store-timeout).
+const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 impl Core {
     pub fn new(
@@ -176,6 +184,7 @@ impl Core {
             uploads: AtomicUsize::new(0),
             uploads_done: Notify::new(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            store_retry_at: Mutex::new(None),
         }))
     }
 
@@ -189,6 +198,34 @@ impl Core {
 
     pub fn cache(&self) -> &Arc<DiskCache> {
         &self.cache
+    }
+
+    /// Whether the store failed to answer a moment ago: then callers with a
+    /// stale answer serve it instead of waiting for the store again.
+    pub(crate) fn store_down(&self) -> bool {
+        self.store_retry_at
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Note the result of a metadata request: an unreachable store starts (or
+    /// extends) an outage, any answer ends it.
+    pub(crate) fn note_store<T>(&self, result: &StoreResult<T>) {
+        let mut retry = self.store_retry_at.lock().unwrap();
+        match result {
+            Err(StoreError::Unavailable(e)) => {
+                if retry.is_none() {
+                    tracing::warn!(error = %e, "store unreachable; serving cached files with what was last known");
+                }
+                *retry = Some(Instant::now() + OUTAGE_RETRY);
+            }
+            _ => {
+                if retry.take().is_some() {
+                    tracing::info!("store reachable again");
+                }
+            }
+        }
     }
 
     fn caching(&self) -> bool {
@@ -237,6 +274,7 @@ impl Core {
         if path.len() > MAX_KEY_BYTES {
             return Err(FsError::NameTooLong);
         }
+        self.store.check_key(&path)?;
         Ok((dir, path))
     }
 
@@ -258,7 +296,8 @@ impl Core {
     pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
         let t = self.inodes.lock().unwrap();
         let i = t.get(ino)?;
-        (ino == ROOT_INO || i.has_local_state() || self.fresh(i.validated)).then(|| self.attr_of(i))
+        (ino == ROOT_INO || i.has_local_state() || (self.fresh(i.validated) && i.attrs_known))
+            .then(|| self.attr_of(i))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -266,7 +305,24 @@ impl Core {
             return Ok(a);
         }
         let (path, _) = self.path_of(ino)?;
-        let node = self.store.stat(&path).await?;
+        let stale = || {
+            let t = self.inodes.lock().unwrap();
+            t.get(ino).map(|i| self.attr_of(i))
+        };
+        if self.store_down()
+            && let Some(a) = stale()
+        {
+            return Ok(a);
+        }
+        let result = match self.listed_stat(&path) {
+            Some(stat) => stat.await,
+            None => self.store.stat(&path).await,
+        };
+        self.note_store(&result);
+        let node = match result {
+            Err(StoreError::Unavailable(_)) if stale().is_some() => return Ok(stale().unwrap()),
+            r => r?,
+        };
         let mut t = self.inodes.lock().unwrap();
         let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
         match node {

@@ -1,18 +1,147 @@
 //! Names: lookup, listing, mkdir, unlink, rmdir, rename.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::inode::{Kind, kind_of, parent_of};
 use super::{Attr, Core, FsError, FsResult};
-use crate::store::{Attrs, Node, join_key, key_name, valid_name};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+
+use crate::cache::DiskCache;
+use crate::store::{
+    Attrs, GetResult, Node, ObjectMeta, Store, StoreError, StoreResult, join_key, key_name,
+    valid_name,
+};
 
 /// One directory as the store listed it, sorted by name.
 pub struct Listing {
-    pub entries: BTreeMap<String, Node>,
+    /// Kept up to date with our own changes (see `Core::listed_change`).
+    entries: Mutex<BTreeMap<String, Node>>,
     pub at: Instant,
+    /// Where listings carry no attributes (S3): the `stat` of every file in
+    /// it, started together on the first lookup that needs one (`ls -l`), a
+    /// few at a time, so a large directory costs parallel round trips, not
+    /// one after another.
+    stats: OnceLock<HashMap<String, SharedStat>>,
+}
+
+type SharedStat = Shared<BoxFuture<'static, StoreResult<Option<Node>>>>;
+
+/// Stats in flight for one listing.
+const LISTING_STATS_PARALLEL: usize = 32;
+
+/// A listed file up to this size is fetched whole instead of a HEAD when its
+/// attributes are needed: the same one request, and a page that lists a
+/// directory of thumbnails and then reads them (a gallery) needs no second
+/// one. Kept small so that `ls -l` of a large directory stays cheap.
+const LISTED_FETCH_BYTES: u64 = 64 * 1024;
+
+/// GET the first `limit` bytes of `key`: its metadata, and its bytes into
+/// the disk cache when the whole file fits. `None`: no file there.
+async fn get_small(
+    store: &dyn Store,
+    cache: &DiskCache,
+    key: &str,
+    limit: u64,
+) -> StoreResult<Option<ObjectMeta>> {
+    let (meta, mut body) = match store.get(key, Some(0..limit), None).await {
+        Ok(GetResult::Body { meta, body }) => (meta, body),
+        Err(StoreError::NotFound) => return Ok(None),
+        // Cannot happen without a version to match; ask plainly.
+        Ok(GetResult::NotModified) => return store.head(key).await,
+        Err(e) => return Err(e),
+    };
+    // Read to the end even when not keeping the bytes (a larger file's first
+    // `limit` bytes): the connection then goes back to the pool.
+    let keep = meta.size <= limit && !cache.contains(&meta);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) if keep => bytes.extend_from_slice(&c),
+            Ok(_) => {}
+            // The metadata is the answer; the bytes come with the open.
+            Err(_) => return Ok(Some(meta)),
+        }
+    }
+    if keep {
+        cache.insert_bytes(&meta, &bytes);
+    }
+    Ok(Some(meta))
+}
+
+impl Listing {
+    fn new(entries: BTreeMap<String, Node>) -> Self {
+        Listing {
+            entries: Mutex::new(entries),
+            at: Instant::now(),
+            stats: OnceLock::new(),
+        }
+    }
+
+    /// The stat of file `name`, shared with the other files' stats.
+    fn stat_of(
+        self: &Arc<Self>,
+        name: &str,
+        store: &Arc<dyn Store>,
+        cache: &Arc<DiskCache>,
+        dir: &str,
+    ) -> Option<SharedStat> {
+        let fetch = store.lookup_fetch_bytes().min(LISTED_FETCH_BYTES);
+        let stats = self.stats.get_or_init(|| {
+            let entries = self.entries.lock().unwrap();
+            let stats: HashMap<String, SharedStat> = entries
+                .iter()
+                .filter_map(|(name, n)| match n {
+                    Node::File(listed) => Some((name, listed.size)),
+                    Node::Dir(_) => None,
+                })
+                .map(|(name, listed_size)| {
+                    let (store, cache) = (store.clone(), cache.clone());
+                    let key = join_key(dir, name);
+                    // The listing says it is a file: a HEAD is all it takes
+                    // (a stat may also list below the name), or a GET that
+                    // brings a small file's bytes too.
+                    let fut = async move {
+                        let meta = if listed_size <= fetch {
+                            get_small(&*store, &cache, &key, fetch).await?
+                        } else {
+                            store.head(&key).await?
+                        };
+                        Ok(meta.map(Node::File))
+                    }
+                    .boxed()
+                    .shared();
+                    (name.clone(), fut)
+                })
+                .collect();
+            // Drive them in listing order (the order `ls` asks in), until the
+            // listing expires.
+            let order: Vec<SharedStat> = entries
+                .keys()
+                .filter_map(|n| stats.get(n).cloned())
+                .collect();
+            drop(entries);
+            let alive = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut running = futures::stream::FuturesUnordered::new();
+                for f in order {
+                    if alive.strong_count() == 0 {
+                        break;
+                    }
+                    if running.len() >= LISTING_STATS_PARALLEL {
+                        running.next().await;
+                    }
+                    running.push(f);
+                }
+                while running.next().await.is_some() {}
+            });
+            stats
+        });
+        stats.get(name).cloned()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +166,26 @@ impl Core {
         if let Some(known) = self.resolve_known(path) {
             return known;
         }
-        match self.store.stat(path).await? {
+        // What we knew of it, however old: served while the store is down.
+        let stale = || {
+            let t = self.inodes.lock().unwrap();
+            t.by_path(path).map(|i| i.ino)
+        };
+        if self.store_down()
+            && let Some(ino) = stale()
+        {
+            return Ok(ino);
+        }
+        let result = match self.listed_stat(path) {
+            Some(stat) => stat.await,
+            None => self.stat_for_lookup(path).await,
+        };
+        self.note_store(&result);
+        let node = match result {
+            Err(StoreError::Unavailable(_)) if stale().is_some() => return Ok(stale().unwrap()),
+            r => r?,
+        };
+        match node {
             Some(node) => Ok(self.record(path, &node)),
             None => {
                 if self.caching() {
@@ -48,12 +196,68 @@ impl Core {
         }
     }
 
+    /// Our own change at `path` (`None`: it is gone): the cached listing of
+    /// its directory learns it in place instead of being dropped, so the next
+    /// lookups and creates there need no listing from the store.
+    /// The directory's own mtime moves to now as well (POSIX: an entry
+    /// added or removed updates it), instead of showing the time from before
+    /// the change until its attributes expire.
+    pub(crate) fn listed_change(&self, path: &str, node: Option<Node>) {
+        self.missing.invalidate(path);
+        if let Some(l) = self.listings.get(parent_of(path)) {
+            let mut entries = l.entries.lock().unwrap();
+            match node {
+                Some(n) => entries.insert(key_name(path).to_string(), n),
+                None => entries.remove(key_name(path)),
+            };
+        }
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(ino) = t.by_path(parent_of(path)).map(|i| i.ino)
+            && let Some(dir) = t.get_mut(ino)
+        {
+            dir.modified = std::time::SystemTime::now();
+            dir.attrs.mtime = None;
+        }
+    }
+
+    /// The shared stat of `path` from its directory's fresh listing, where
+    /// that listing has the file but not its attributes.
+    pub(crate) fn listed_stat(&self, path: &str) -> Option<SharedStat> {
+        if self.store.listing_has_attrs() || path.is_empty() {
+            return None;
+        }
+        let dir = parent_of(path);
+        let listing = self.listings.get(dir)?;
+        if !self.fresh(listing.at) {
+            return None;
+        }
+        listing.stat_of(key_name(path), &self.store, &self.cache, dir)
+    }
+
+    /// `stat` of a name being looked up. Where the store finds it worthwhile
+    /// and no listing of the directory is at hand (a page reading thumbnails
+    /// by name, not `ls -l`), a ranged GET instead: it answers the same
+    /// question, and a small file's bytes go into the disk cache with it.
+    async fn stat_for_lookup(&self, path: &str) -> StoreResult<Option<Node>> {
+        let small = self.store.lookup_fetch_bytes();
+        if small == 0 || path.is_empty() || self.listings.contains_key(parent_of(path)) {
+            return self.store.stat(path).await;
+        }
+        match get_small(&*self.store, &self.cache, path, small).await? {
+            Some(meta) => Ok(Some(Node::File(meta))),
+            // Not a file: a directory, or nothing.
+            None => self.store.stat_without_file(path).await,
+        }
+    }
+
     /// What we know of `path` without asking the store, if it is fresh.
     fn resolve_known(&self, path: &str) -> Option<FsResult<u64>> {
         {
             let t = self.inodes.lock().unwrap();
             if let Some(i) = t.by_path(path)
-                && (i.has_local_state() || self.fresh(i.validated) || path.is_empty())
+                && (i.has_local_state()
+                    || (self.fresh(i.validated) && i.attrs_known)
+                    || path.is_empty())
             {
                 return Some(Ok(i.ino));
             }
@@ -65,10 +269,18 @@ impl Core {
         if !self.fresh(listing.at) {
             return None;
         }
-        Some(match listing.entries.get(key_name(path)) {
-            Some(node) => Ok(self.record(path, node)),
-            None => Err(FsError::NotFound),
-        })
+        let Some(node) = listing.entries.lock().unwrap().get(key_name(path)).cloned() else {
+            return Some(Err(FsError::NotFound));
+        };
+        let node = &node;
+        if self.store.listing_has_attrs() {
+            return Some(Ok(self.record(path, node)));
+        }
+        // The listing proves the entry exists but not its attributes: use
+        // them only if we learnt them earlier for this same version.
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.upsert_listed(path, node, listing.at, false);
+        t.get(ino)?.attrs_known.then_some(Ok(ino))
     }
 
     fn counted_lookup(&self, ino: u64) -> FsResult<Attr> {
@@ -140,10 +352,7 @@ impl Core {
                 break;
             }
         }
-        let listing = Arc::new(Listing {
-            entries,
-            at: Instant::now(),
-        });
+        let listing = Arc::new(Listing::new(entries));
         if self.caching() {
             self.listings.insert(dir.to_string(), listing.clone());
         }
@@ -157,11 +366,10 @@ impl Core {
             return Err(FsError::NotDir);
         }
         let listing = self.listing(&dir).await?;
-        let mut out = Vec::with_capacity(listing.entries.len() + 2);
+        let entries = listing.entries.lock().unwrap().clone();
+        let mut out = Vec::with_capacity(entries.len() + 2);
+        let attrs_known = self.store.listing_has_attrs();
         let mut t = self.inodes.lock().unwrap();
-        if t.len() > 100_000 {
-            t.prune();
-        }
         let parent_ino = t
             .by_path(parent_of(&dir))
             .map(|i| i.ino)
@@ -177,9 +385,9 @@ impl Core {
             name: "..".into(),
         });
         let mut seen = HashSet::new();
-        for (name, node) in &listing.entries {
+        for (name, node) in &entries {
             let path = join_key(&dir, name);
-            let child = t.upsert(&path, node, listing.at);
+            let child = t.upsert_listed(&path, node, listing.at, attrs_known);
             let kind = t.get(child).map(|i| i.kind).unwrap_or(kind_of(node));
             seen.insert(name.clone());
             out.push(DirEntry {
@@ -248,7 +456,6 @@ impl Core {
             mtime: None,
         };
         self.store.create_dir(&path, &attrs).await?;
-        self.invalidate(&path);
         let node = self
             .store
             .stat(&path)
@@ -258,6 +465,13 @@ impl Core {
                 modified: None,
                 attrs: attrs.clone(),
             }));
+        self.listed_change(&path, Some(node.clone()));
+        if self.caching() {
+            // Nothing was below it (the lookup above said so): creating files
+            // in it needs no store request to learn that their names are free.
+            self.listings
+                .insert(path.clone(), Arc::new(Listing::new(BTreeMap::new())));
+        }
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(&path, &node, Instant::now());
         let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -285,7 +499,7 @@ impl Core {
             self.cache.remove(&obj);
         }
         self.inodes.lock().unwrap().detach(&path);
-        self.invalidate(&path);
+        self.listed_change(&path, None);
         if self.caching() {
             self.missing.insert(path, ());
         }
@@ -304,7 +518,7 @@ impl Core {
         }
         self.store.remove_dir(&path).await?;
         self.inodes.lock().unwrap().detach(&path);
-        self.invalidate(&path);
+        self.listed_change(&path, None);
         self.listings.invalidate(&path);
         if self.caching() {
             self.missing.insert(path, ());

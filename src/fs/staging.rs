@@ -9,12 +9,14 @@
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
 use super::error::{FsError, FsResult};
+use super::part_upload::PartState;
 
 pub struct Staged {
     pub path: PathBuf,
@@ -24,11 +26,17 @@ pub struct Staged {
     /// A write failed (e.g. disk full): the file is not what the application
     /// meant, so it must never be uploaded.
     broken: AtomicBool,
+    /// The last upload failed and close()/fsync() said so (EIO); nothing was
+    /// written since. The release that follows must not try again: a success
+    /// then would put in the store a version the application was told failed.
+    upload_failed: AtomicBool,
     /// Writers share it; an upload or a truncate takes it alone, so no upload
     /// ever sends a file that is changing under it.
     pub lock: RwLock<()>,
     /// Write handles open on it.
     pub writers: AtomicU32,
+    /// Parts of it already on their way to the store (large files).
+    pub parts: Mutex<PartState>,
 }
 
 /// Staging files left by an earlier run: (data file, key it was meant for).
@@ -61,15 +69,24 @@ impl Staged {
             .mode(0o600)
             .open(&path)
             .map_err(|e| FsError::local_io("creating staging file", e))?;
-        let _ = fs::write(path.with_extension("key"), key);
+        // The sidecar holds the file's name: as private as the data (0600).
+        // Best effort, as before: it only helps recover after a crash.
+        let _ = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path.with_extension("key"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, key.as_bytes()));
         Ok(Staged {
             path,
             file,
             size: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            upload_failed: AtomicBool::new(false),
             lock: RwLock::new(()),
             writers: AtomicU32::new(0),
+            parts: Mutex::new(PartState::default()),
         })
     }
 
@@ -91,7 +108,19 @@ impl Staged {
     }
 
     pub fn set_dirty(&self, dirty: bool) {
+        if dirty {
+            // New bytes: the next close() or release tries again.
+            self.upload_failed.store(false, Ordering::Release);
+        }
         self.dirty.store(dirty, Ordering::Release);
+    }
+
+    pub fn note_upload_failed(&self) {
+        self.upload_failed.store(true, Ordering::Release);
+    }
+
+    pub fn upload_failed(&self) -> bool {
+        self.upload_failed.load(Ordering::Acquire)
     }
 
     /// Write at `offset` (callers hold `lock` shared).
@@ -102,6 +131,8 @@ impl Staged {
         self.size
             .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
         self.set_dirty(true);
+        // After the bytes are in: a part sent from now on includes them.
+        self.parts.lock().unwrap().wrote(offset);
         Ok(())
     }
 
@@ -116,6 +147,7 @@ impl Staged {
             .map_err(|e| FsError::local_io("truncating staging file", e))?;
         self.size.store(size, Ordering::Release);
         self.set_dirty(true);
+        self.parts.lock().unwrap().truncated(size);
         if size == 0 {
             // Whatever a failed write left behind is gone.
             self.broken.store(false, Ordering::Release);
@@ -126,6 +158,7 @@ impl Staged {
     /// A write failed for good: never upload this file.
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::Release);
+        self.parts.lock().unwrap().spoil();
         // Its bytes will never be used: give the disk space back now (the
         // disk is probably full), not at release.
         let _ = self.file.set_len(0);

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::cache::DiskCache;
@@ -106,6 +106,28 @@ async fn nothing_in_store_before_close() {
     assert_eq!(f.store.contents("tmp").unwrap(), b"half");
 }
 
+/// close() returns before the kernel's RELEASE arrives: a reader that opened
+/// while the staging file still existed must keep reading it after the
+/// writer's release retired it into the cache.
+#[tokio::test]
+async fn reader_opened_before_writer_release_sees_the_bytes() {
+    let f = fixture(Duration::from_secs(60));
+    let (attr, w) = f
+        .core
+        .create(ROOT_INO, os("w.bin"), 0o644, libc::O_WRONLY, 0, 0)
+        .await
+        .unwrap();
+    f.core.write(w.fh, 0, b"written bytes").await.unwrap();
+    f.core.flush(w.fh).await.unwrap();
+    let r = f.core.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    f.core.release(w.fh).await.unwrap();
+    assert_eq!(
+        f.core.read(r.fh, 0, 1 << 16).await.unwrap(),
+        b"written bytes"
+    );
+    f.core.release(r.fh).await.unwrap();
+}
+
 #[tokio::test]
 async fn read_through_cache_fetches_once() {
     let f = fixture(Duration::from_secs(60));
@@ -174,12 +196,43 @@ async fn failed_upload_is_eio_and_keeps_old_version_and_local_bytes() {
     f.core.write(open.fh, 0, b"v2 unsaved").await.unwrap();
     let err = f.core.flush(open.fh).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
-    assert!(f.core.release(open.fh).await.is_err());
+    // The release does not try again (release_after_failed_close_...).
+    f.core.release(open.fh).await.unwrap();
     assert_eq!(f.store.contents("doc").unwrap(), b"v1");
     let staged: Vec<_> = staging::leftovers(&f.core.staging_dir);
     assert_eq!(staged.len(), 1);
     assert_eq!(std::fs::read(&staged[0].0).unwrap(), b"v2 unsaved");
     assert_eq!(staged[0].1, "doc");
+}
+
+/// close() said EIO: the release right after must not upload the file after
+/// all when the store is back, or the store would hold a version the
+/// application was told had failed.
+#[tokio::test]
+async fn release_after_failed_close_does_not_upload_again() {
+    let f = fixture(Duration::from_secs(60));
+    let ino = f.write_file(ROOT_INO, "doc", b"v1").await.unwrap();
+    let open = f
+        .core
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    f.core.write(open.fh, 0, b"v2 failed").await.unwrap();
+    f.store.fail_puts.store(true, Ordering::Relaxed);
+    assert_eq!(f.core.flush(open.fh).await.unwrap_err().errno(), libc::EIO);
+    f.store.fail_puts.store(false, Ordering::Relaxed);
+    f.core.release(open.fh).await.unwrap();
+    assert_eq!(f.store.contents("doc").unwrap(), b"v1");
+    let staged: Vec<_> = staging::leftovers(&f.core.staging_dir);
+    assert_eq!(staged.len(), 1, "the bytes stay on local disk");
+    assert_eq!(std::fs::read(&staged[0].0).unwrap(), b"v2 failed");
+
+    // A close() after new writes tries again, and succeeds.
+    let open = f.core.open(ino, libc::O_WRONLY).await.unwrap();
+    f.core.write(open.fh, 0, b"v3").await.unwrap();
+    f.core.flush(open.fh).await.unwrap();
+    f.core.release(open.fh).await.unwrap();
+    assert_eq!(&f.store.contents("doc").unwrap()[..2], b"v3");
 }
 
 #[tokio::test]
@@ -394,4 +447,335 @@ async fn unlink_while_open_keeps_reading_and_does_not_resurrect() {
     f.core.release(open.fh).await.unwrap();
     assert!(f.store.contents("gone").is_none());
     let _ = attr;
+}
+
+/// A store offering uploads in parts of 1 KiB above 4 KiB.
+fn parts_fixture() -> Fixture {
+    let f = fixture(Duration::from_secs(60));
+    *f.store.plan.lock().unwrap() = Some(crate::store::PartPlan {
+        threshold: 4096,
+        part_size: 1024,
+        max_parts: 10_000,
+        parallel: 2,
+    });
+    f
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Write `content` front to back in `chunk`-byte writes; return (ino, fh)
+/// still open.
+async fn write_sequentially(f: &Fixture, name: &str, content: &[u8], chunk: usize) -> (u64, u64) {
+    let (attr, open) = f
+        .core
+        .create(ROOT_INO, os(name), 0o640, libc::O_WRONLY, 0, 0)
+        .await
+        .unwrap();
+    for (i, c) in content.chunks(chunk).enumerate() {
+        f.core.write(open.fh, (i * chunk) as u64, c).await.unwrap();
+    }
+    (attr.ino, open.fh)
+}
+
+#[tokio::test]
+async fn large_sequential_write_sends_parts_before_close() {
+    let f = parts_fixture();
+    let content = data(20_000 + 123);
+    let (ino, fh) = write_sequentially(&f, "big.mp4", &content, 500).await;
+    // Parts go while the file is open; nothing is visible yet.
+    eventually_async(|| f.store.parts_received.load(Ordering::Relaxed) >= 17).await;
+    assert_eq!(f.store.contents("big.mp4"), None);
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.store.contents("big.mp4").as_deref(), Some(&content[..]));
+    assert_eq!(f.store.puts.load(Ordering::Relaxed), 0, "no whole-file put");
+    assert_eq!(f.store.pending_uploads(), 0);
+    assert_eq!(f.read_all(ino).await.unwrap(), content);
+    let meta = f.store.head("big.mp4").await.unwrap().unwrap();
+    assert_eq!(meta.attrs.mode.map(|m| m & 0o777), Some(0o640));
+}
+
+#[tokio::test]
+async fn rewriting_behind_sent_parts_falls_back_to_a_whole_put() {
+    let f = parts_fixture();
+    let mut content = data(12_000);
+    let (_, fh) = write_sequentially(&f, "v.mp4", &content, 1000).await;
+    // A header patched at the front after the parts went (like a muxer does).
+    f.core.write(fh, 10, b"moov").await.unwrap();
+    content[10..14].copy_from_slice(b"moov");
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.store.contents("v.mp4").as_deref(), Some(&content[..]));
+    assert_eq!(f.store.puts.load(Ordering::Relaxed), 1);
+    eventually_async(|| f.store.pending_uploads() == 0).await;
+}
+
+#[tokio::test]
+async fn truncate_rename_and_chmod_while_written_are_kept() {
+    let f = parts_fixture();
+    // Truncated below what was sent.
+    let content = data(12_000);
+    let (ino, fh) = write_sequentially(&f, "t", &content, 1000).await;
+    f.core
+        .setattr(ino, Some(fh), Some(2000), None, None, None, None)
+        .await
+        .unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.store.contents("t").as_deref(), Some(&content[..2000]));
+    // Renamed while written: stored under the new name only.
+    let (_, fh) = write_sequentially(&f, "r.tmp", &content, 1000).await;
+    f.core
+        .rename(ROOT_INO, os("r.tmp"), ROOT_INO, os("r.jpg"), false)
+        .await
+        .unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.store.contents("r.jpg").as_deref(), Some(&content[..]));
+    assert_eq!(f.store.contents("r.tmp"), None);
+    // chmod while written: stored with the new mode.
+    let (ino, fh) = write_sequentially(&f, "m", &content, 1000).await;
+    f.core
+        .setattr(ino, Some(fh), None, Some(0o600), None, None, None)
+        .await
+        .unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    let meta = f.store.head("m").await.unwrap().unwrap();
+    assert_eq!(meta.attrs.mode.map(|m| m & 0o777), Some(0o600));
+    assert_eq!(f.store.contents("m").as_deref(), Some(&content[..]));
+    eventually_async(|| f.store.pending_uploads() == 0).await;
+}
+
+#[tokio::test]
+async fn failed_parts_leave_the_old_version() {
+    let f = parts_fixture();
+    let old = data(100);
+    f.store.insert("keep.bin", &old);
+    let ino = f.core.lookup(ROOT_INO, os("keep.bin")).await.unwrap().ino;
+    let open = f
+        .core
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    f.store.fail_puts.store(true, Ordering::Relaxed);
+    let content = data(12_000);
+    for (i, c) in content.chunks(1000).enumerate() {
+        f.core.write(open.fh, (i * 1000) as u64, c).await.unwrap();
+    }
+    assert!(matches!(f.core.flush(open.fh).await, Err(FsError::Io(_))));
+    assert_eq!(f.store.contents("keep.bin").as_deref(), Some(&old[..]));
+    // The store is back: the next close stores the whole file.
+    f.store.fail_puts.store(false, Ordering::Relaxed);
+    f.core.flush(open.fh).await.unwrap();
+    f.core.release(open.fh).await.unwrap();
+    assert_eq!(f.store.contents("keep.bin").as_deref(), Some(&content[..]));
+}
+
+async fn eventually_async(mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}
+
+#[tokio::test]
+async fn small_files_cost_one_get_with_their_lookup() {
+    let f = fixture(Duration::from_secs(60));
+    f.store.lookup_fetch.store(1000, Ordering::Relaxed);
+    f.store.insert("thumbs/a.jpg", &data(900));
+    f.store.insert("thumbs/b.jpg", &data(1000));
+    f.store.insert("thumbs/big.jpg", &data(5000));
+    let dir = f.core.lookup(ROOT_INO, os("thumbs")).await.unwrap().ino;
+    let gets = f.store.gets.load(Ordering::Relaxed);
+    for (name, len) in [("a.jpg", 900), ("b.jpg", 1000), ("big.jpg", 5000)] {
+        let attr = f.core.lookup(dir, os(name)).await.unwrap();
+        assert_eq!(attr.size, len);
+        assert_eq!(f.read_all(attr.ino).await.unwrap(), data(len as usize));
+    }
+    // One GET each for the small files; the large one needed its own.
+    assert_eq!(f.store.gets.load(Ordering::Relaxed) - gets, 4);
+    // With a listing at hand (ls -l), lookups do not fetch.
+    f.store.insert("thumbs/c.jpg", &data(10));
+    let fh = f.core.opendir(dir).await.unwrap();
+    f.core.releasedir(fh);
+    let before = f.store.gets.load(Ordering::Relaxed);
+    f.core.lookup(dir, os("c.jpg")).await.unwrap();
+    assert_eq!(f.store.gets.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn ls_l_over_bare_listings_stats_in_parallel_once_each() {
+    let f = fixture(Duration::from_secs(60));
+    f.store.bare_listings.store(true, Ordering::Relaxed);
+    for i in 0..200 {
+        f.store.insert(&format!("d/f{i:03}"), b"x");
+    }
+    let dir = f.core.lookup(ROOT_INO, os("d")).await.unwrap().ino;
+    let before = f.store.stats.load(Ordering::Relaxed);
+    let names: Vec<String> = f
+        .names(dir)
+        .await
+        .into_iter()
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(names.len(), 200);
+    // `ls -l`: a lookup of every entry, one after another.
+    for n in &names {
+        let a = f.core.lookup(dir, os(n)).await.unwrap();
+        assert_eq!(a.size, 1);
+    }
+    assert_eq!(
+        f.store.stats.load(Ordering::Relaxed) - before,
+        200,
+        "one stat per file"
+    );
+    assert!(
+        f.store.max_stats_at_once.load(Ordering::Relaxed) > 8,
+        "stats in parallel"
+    );
+}
+
+#[tokio::test]
+async fn store_down_serves_cached_files_past_the_ttl() {
+    let f = fixture(Duration::from_millis(50));
+    f.store.insert("a.jpg", b"cached bytes");
+    f.store.insert("b.jpg", b"never read");
+    let a = f.core.lookup(ROOT_INO, os("a.jpg")).await.unwrap().ino;
+    assert_eq!(f.read_all(a).await.unwrap(), b"cached bytes");
+    f.core.lookup(ROOT_INO, os("b.jpg")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.store.down.store(true, Ordering::Relaxed);
+    // Past the TTL, with the store down: the cached file, as last known.
+    let again = f.core.lookup(ROOT_INO, os("a.jpg")).await.unwrap();
+    assert_eq!(again.ino, a);
+    f.core.getattr(a).await.unwrap();
+    assert_eq!(f.read_all(a).await.unwrap(), b"cached bytes");
+    // A file whose bytes are not here fails, and a name never seen too.
+    let b = f.core.lookup(ROOT_INO, os("b.jpg")).await.unwrap().ino;
+    assert!(matches!(f.read_all(b).await, Err(FsError::Io(_))));
+    assert!(matches!(
+        f.core.lookup(ROOT_INO, os("new.jpg")).await,
+        Err(FsError::Io(_))
+    ));
+    // Back: everything works, and changes made meanwhile are seen.
+    f.store.down.store(false, Ordering::Relaxed);
+    f.store.insert("a.jpg", b"changed meanwhile");
+    tokio::time::sleep(OUTAGE_RETRY + Duration::from_millis(100)).await;
+    assert_eq!(f.read_all(a).await.unwrap(), b"changed meanwhile");
+    assert_eq!(f.read_all(b).await.unwrap(), b"never read");
+}
+
+#[tokio::test]
+async fn our_own_changes_keep_listings_so_creates_ask_nothing() {
+    let f = fixture(Duration::from_secs(60));
+    let d = f
+        .core
+        .mkdir(ROOT_INO, os("new"), 0o755, 0, 0)
+        .await
+        .unwrap()
+        .ino;
+    let before = f.store.meta_requests.load(Ordering::Relaxed);
+    for i in 0..10 {
+        let name = format!("f{i}");
+        assert!(matches!(
+            f.core.lookup(d, os(&name)).await,
+            Err(FsError::NotFound)
+        ));
+        f.write_file(d, &name, b"data").await.unwrap();
+    }
+    f.core.unlink(d, os("f3")).await.unwrap();
+    assert_eq!(
+        f.store.meta_requests.load(Ordering::Relaxed),
+        before,
+        "no lookup went to the store"
+    );
+    let mut names = f.names(d).await;
+    names.retain(|n| n != "." && n != "..");
+    names.sort();
+    assert_eq!(
+        names,
+        ["f0", "f1", "f2", "f4", "f5", "f6", "f7", "f8", "f9"]
+    );
+    assert!(f.store.contents("new/f3").is_none());
+}
+
+#[tokio::test]
+async fn truncation_sets_mtime_to_now() {
+    // A file with an explicit old mtime (as `touch -d` or a store's own
+    // metadata gives): truncating it changes its bytes, so its mtime must
+    // move to now, here and in what is uploaded, as a write's does.
+    let f = fixture(Duration::from_secs(60));
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let recent = |t: SystemTime| t > SystemTime::now() - Duration::from_secs(60);
+    let ino = f.write_file(ROOT_INO, "a", b"data").await.unwrap();
+    let set_old = |ino| f.core.setattr(ino, None, None, None, None, None, Some(old));
+    set_old(ino).await.unwrap();
+    assert_eq!(f.core.getattr(ino).await.unwrap().mtime, old);
+    // open(O_TRUNC), closed without a write.
+    let open = f
+        .core
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    f.core.flush(open.fh).await.unwrap();
+    f.core.release(open.fh).await.unwrap();
+    let attr = f.core.getattr(ino).await.unwrap();
+    assert_eq!(attr.size, 0);
+    assert!(recent(attr.mtime), "O_TRUNC: {:?}", attr.mtime);
+    // truncate(2) of a file nobody has open, to a non-zero size.
+    let ino = f.write_file(ROOT_INO, "b", b"longer data").await.unwrap();
+    set_old(ino).await.unwrap();
+    let attr = f
+        .core
+        .setattr(ino, None, Some(4), None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(attr.size, 4);
+    assert!(recent(attr.mtime), "truncate: {:?}", attr.mtime);
+    // ftruncate on a write handle.
+    set_old(ino).await.unwrap();
+    let open = f.core.open(ino, libc::O_WRONLY).await.unwrap();
+    f.core
+        .setattr(ino, Some(open.fh), Some(2), None, None, None, None)
+        .await
+        .unwrap();
+    f.core.flush(open.fh).await.unwrap();
+    f.core.release(open.fh).await.unwrap();
+    let attr = f.core.getattr(ino).await.unwrap();
+    assert_eq!(attr.size, 2);
+    assert!(recent(attr.mtime), "ftruncate: {:?}", attr.mtime);
+}
+
+#[tokio::test]
+async fn entries_made_or_removed_here_move_the_directory_mtime() {
+    let f = fixture(Duration::from_secs(60));
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let recent = |t: SystemTime| t > SystemTime::now() - Duration::from_secs(60);
+    let d = f
+        .core
+        .mkdir(ROOT_INO, os("d"), 0o755, 0, 0)
+        .await
+        .unwrap()
+        .ino;
+    let set_old = || f.core.setattr(d, None, None, None, None, None, Some(old));
+    let mtime = || async { f.core.getattr(d).await.unwrap().mtime };
+    set_old().await.unwrap();
+    assert_eq!(mtime().await, old);
+    f.write_file(d, "file", b"x").await.unwrap();
+    assert!(recent(mtime().await), "create");
+    set_old().await.unwrap();
+    f.core.mkdir(d, os("sub"), 0o755, 0, 0).await.unwrap();
+    assert!(recent(mtime().await), "mkdir");
+    set_old().await.unwrap();
+    f.core.rmdir(d, os("sub")).await.unwrap();
+    assert!(recent(mtime().await), "rmdir");
+    set_old().await.unwrap();
+    f.core.unlink(d, os("file")).await.unwrap();
+    assert!(recent(mtime().await), "unlink");
 }

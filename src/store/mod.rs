@@ -7,9 +7,13 @@
 //! `DirMeta` (a real directory, a marker object, a table row, or just a common
 //! prefix of other keys).
 
+pub mod instrumented;
 pub mod local;
 pub mod memory;
+mod object_meta;
 pub mod s3;
+pub mod sql;
+pub mod swift;
 pub mod timeout;
 pub mod url;
 
@@ -151,6 +155,15 @@ pub trait Store: Send + Sync + 'static {
     /// A short human description (for logs and the ready line). Never contains secrets.
     fn describe(&self) -> String;
 
+    /// Whether the store can hold a file or directory at `key`, for limits of
+    /// its own beyond the mount's (255-byte names, 1,024-byte keys): e.g.
+    /// `NameTooLong` where its name columns are shorter. Checked before a
+    /// create, mkdir or rename, so the caller gets the errno at once.
+    fn check_key(&self, key: &str) -> StoreResult<()> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Metadata of the file at `key`, `None` if there is no file there.
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
 
@@ -176,6 +189,14 @@ pub trait Store: Send + Sync + 'static {
             modified: None,
             attrs: Attrs::default(),
         })))
+    }
+
+    /// `stat` of a key whose file the store has just said is missing (a
+    /// lookup's GET answered 404): only a directory can be there. Backends
+    /// that can skip asking for the file again override it; a miss is then
+    /// one request fewer, which is most of a new file's creation cost.
+    async fn stat_without_file(&self, key: &str) -> StoreResult<Option<Node>> {
+        self.stat(key).await
     }
 
     /// Read `key`, the whole object or `range`. With `if_none_match` equal to the
@@ -260,6 +281,80 @@ pub trait Store: Send + Sync + 'static {
     async fn capacity(&self) -> Option<Capacity> {
         None
     }
+
+    /// Whether `list` returns each file's attributes (mode, owner, mtime).
+    /// When it does not (S3 listings carry no user metadata), the core asks
+    /// `head` before showing a file's attributes.
+    fn listing_has_attrs(&self) -> bool {
+        true
+    }
+
+    /// Objects up to this size are worth fetching whole instead of a bare
+    /// `stat` when a name is looked up (0: never). Over a network a GET costs
+    /// about what a HEAD does, and the open that usually follows a lookup then
+    /// needs no request at all: one round trip per small file, not two.
+    fn lookup_fetch_bytes(&self) -> u64 {
+        0
+    }
+
+    /// How this store takes a file in parts while it is still being written
+    /// (S3 multipart uploads); `None`: only whole-file `put`.
+    fn part_plan(&self) -> Option<PartPlan> {
+        None
+    }
+
+    /// Start an upload in parts of the file at `key`; returns its id. Nothing
+    /// is visible at `key` until `complete_upload`.
+    async fn begin_upload(&self, key: &str, attrs: &Attrs) -> StoreResult<String> {
+        let _ = (key, attrs);
+        Err(StoreError::Unsupported("uploads in parts"))
+    }
+
+    /// Send bytes `range` of `src` as part `number` (1-based) of `upload`;
+    /// returns the part's tag for `complete_upload`. Sending a number again
+    /// replaces that part.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        src: &Path,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let _ = (key, upload, number, src, range);
+        Err(StoreError::Unsupported("uploads in parts"))
+    }
+
+    /// Make the object of `size` bytes from `parts` (number, tag), in order.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[(u32, String)],
+        size: u64,
+    ) -> StoreResult<ObjectMeta> {
+        let _ = (key, upload, parts, size);
+        Err(StoreError::Unsupported("uploads in parts"))
+    }
+
+    /// Drop an upload that will not be completed, and its parts.
+    async fn abort_upload(&self, key: &str, upload: &str) -> StoreResult<()> {
+        let _ = (key, upload);
+        Err(StoreError::Unsupported("uploads in parts"))
+    }
+}
+
+/// Sizes for uploads in parts: see `Store::part_plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPlan {
+    /// Files up to this size are sent whole with `put`.
+    pub threshold: u64,
+    /// Every part but the last has exactly this size.
+    pub part_size: u64,
+    /// The store's limit on parts per object.
+    pub max_parts: u32,
+    /// Parts worth sending at once.
+    pub parallel: usize,
 }
 
 /// All directories below `dir`, parents before children.

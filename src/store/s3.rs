@@ -43,14 +43,15 @@ use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use futures::{StreamExt, TryStreamExt};
 
+use super::object_meta::{
+    DIR_CONTENT_TYPE, S_IFDIR, S_IFREG, attrs_from, content_type_of, implied_dir, put_attrs,
+    valid_path, version_of, writable_key,
+};
 use super::{
-    Attrs, DirMeta, GetResult, ListPage, MAX_KEY_BYTES, Node, ObjectMeta, Store, StoreError,
+    Attrs, DirMeta, GetResult, ListPage, Node, ObjectMeta, PartPlan, Store, StoreError,
     StoreOptions, StoreResult, valid_name,
 };
 
-const S_IFREG: u32 = 0o100000;
-const S_IFDIR: u32 = 0o040000;
-const DIR_CONTENT_TYPE: &str = "application/x-directory";
 /// Largest object a single CopyObject may copy (S3's limit).
 const MAX_SINGLE_COPY: u64 = 5 << 30;
 /// S3 allows at most this many parts in one multipart upload.
@@ -61,6 +62,9 @@ const PAGE_KEYS: i32 = 1000;
 const TREE_PARALLELISM: usize = 8;
 /// Attempts of the check at open: a store that is down fails the mount fast.
 const PROBE_ATTEMPTS: u32 = 2;
+/// Small objects (thumbnails) come whole with their lookup: see
+/// `Store::lookup_fetch_bytes`.
+const LOOKUP_FETCH_BYTES: u64 = 128 << 10;
 /// Distinct skipped keys remembered so each is warned about once.
 const WARNED_KEYS: usize = 10_000;
 
@@ -203,7 +207,19 @@ where
 {
     let status = status_of(&err);
     let code = err.code().unwrap_or("").to_string();
-    let text = format!("{what} {key:?}: {}", DisplayErrorContext(&err));
+    let text = match &err {
+        // The store's own answer: its status, code and message say it all
+        // (the SDK's Debug form of the raw response does not belong in a log).
+        SdkError::ServiceError(_) => {
+            let status = status.map_or_else(|| "?".to_string(), |s| s.to_string());
+            let code = if code.is_empty() { "error" } else { &code };
+            match err.message() {
+                Some(m) => format!("{what} {key:?}: HTTP {status} {code}: {m}"),
+                None => format!("{what} {key:?}: HTTP {status} {code}"),
+            }
+        }
+        _ => format!("{what} {key:?}: {}", DisplayErrorContext(&err)),
+    };
     match &err {
         SdkError::ServiceError(_) => match (status, code.as_str()) {
             (Some(404), _) | (_, "NoSuchKey") => StoreError::NotFound,
@@ -240,77 +256,6 @@ fn to_system_time(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
 
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `x-amz-meta-mtime`: decimal seconds, possibly with a fraction (newer s3fs).
-fn parse_mtime(v: &str) -> Option<SystemTime> {
-    let (secs, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
-    let secs: u64 = secs.parse().ok()?;
-    let nanos = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().take(9).collect();
-        let n: u32 = digits.parse().ok()?;
-        n * 10u32.pow(9 - digits.len() as u32)
-    };
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-}
-
-/// Attributes from user metadata as s3fs-fuse writes it.
-fn attrs_from(md: Option<&HashMap<String, String>>) -> Attrs {
-    let Some(md) = md else {
-        return Attrs::default();
-    };
-    let num = |name: &str| md.get(name).and_then(|v| v.trim().parse::<u32>().ok());
-    Attrs {
-        mode: num("mode").map(|m| m & 0o7777),
-        uid: num("uid"),
-        gid: num("gid"),
-        mtime: md.get("mtime").and_then(|v| parse_mtime(v)),
-    }
-}
-
-/// Write `attrs` into user metadata as s3fs-fuse does; `type_bits` is S_IFREG
-/// or S_IFDIR, `default_mode` the permission bits when `attrs` has none.
-fn put_attrs(md: &mut HashMap<String, String>, attrs: &Attrs, type_bits: u32, default_mode: u32) {
-    let mode = type_bits | (attrs.mode.unwrap_or(default_mode) & 0o7777);
-    md.insert("mode".into(), mode.to_string());
-    if let Some(uid) = attrs.uid {
-        md.insert("uid".into(), uid.to_string());
-    }
-    if let Some(gid) = attrs.gid {
-        md.insert("gid".into(), gid.to_string());
-    }
-    let mtime = attrs.mtime.unwrap_or_else(SystemTime::now);
-    md.insert("mtime".into(), unix_seconds(mtime).to_string());
-}
-
-fn content_type_of(key: &str) -> String {
-    mime_guess::from_path(key)
-        .first_or_octet_stream()
-        .essence_str()
-        .to_string()
-}
-
-/// The version of an object: its ETag (or, for a server without one, what we
-/// know of it).
-fn version_of(etag: Option<&str>, size: u64, modified: Option<SystemTime>) -> String {
-    match etag {
-        Some(e) if !e.is_empty() => e.to_string(),
-        _ => format!(
-            "{size:x}-{:x}",
-            modified
-                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ),
-    }
-}
-
 /// Percent-encoding of a copy source: everything but unreserved characters and `/`.
 const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'/')
@@ -341,19 +286,6 @@ impl Head {
 }
 
 /// A directory known only from the keys below it (or the listing's prefixes).
-fn implied_dir(key: &str) -> DirMeta {
-    DirMeta {
-        key: key.to_string(),
-        modified: None,
-        attrs: Attrs::default(),
-    }
-}
-
-/// Whether every component of a relative key can be a file name.
-fn valid_path(rel: &str) -> bool {
-    rel.split('/').all(valid_name)
-}
-
 impl S3Store {
     /// Open the bucket and check that it answers, with a clear message for
     /// missing credentials, wrong credentials, a missing bucket or an
@@ -512,14 +444,7 @@ impl S3Store {
     /// The full key of a file or directory about to be written, checked:
     /// every component a valid name, the whole within S3's key length.
     fn writable(&self, key: &str) -> StoreResult<String> {
-        if key.is_empty() || !valid_path(key) {
-            return Err(StoreError::InvalidKey(key.to_string()));
-        }
-        let full = self.full(key);
-        if full.len() > MAX_KEY_BYTES {
-            return Err(StoreError::NameTooLong(key.to_string()));
-        }
-        Ok(full)
+        writable_key(&self.root, key)
     }
 
     fn marker(&self, key: &str) -> String {
@@ -539,6 +464,36 @@ impl S3Store {
         if warned.insert(full.to_string()) {
             tracing::warn!(bucket = %self.cfg.bucket, key = %full, "skipping an object: {why}");
         }
+    }
+
+    /// The directory `key`, if any key lies below it: its marker object's
+    /// attributes where there is one, else an implied directory.
+    async fn dir_below(&self, key: &str) -> StoreResult<Option<DirMeta>> {
+        let marker = self.marker(key);
+        let below = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.cfg.bucket)
+            .prefix(&marker)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| store_error("LIST", &marker, e))?;
+        let Some(first) = below.contents().first().and_then(|o| o.key()) else {
+            return Ok(None);
+        };
+        if first != marker {
+            return Ok(Some(implied_dir(key)));
+        }
+        // The marker holds the directory's own attributes.
+        Ok(Some(match self.head_full(&marker).await? {
+            Some(h) => DirMeta {
+                key: key.to_string(),
+                modified: h.modified,
+                attrs: attrs_from(Some(&h.metadata)),
+            },
+            None => implied_dir(key),
+        }))
     }
 
     async fn head_full(&self, full: &str) -> StoreResult<Option<Head>> {
@@ -623,20 +578,7 @@ impl S3Store {
         F: Fn(String, i32, u64, u64) -> Fut,
         Fut: Future<Output = StoreResult<Option<String>>>,
     {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(full)
-            .set_content_type(content_type.map(str::to_string))
-            .set_metadata(Some(md))
-            .send()
-            .await
-            .map_err(|e| store_error("create multipart upload", full, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StoreError::Other(format!("{full}: no upload id from the store")))?
-            .to_string();
+        let upload_id = self.create_multipart(full, content_type, md).await?;
         let count = size.div_ceil(part_size).max(1);
         let parts = futures::stream::iter(0..count)
             .map(|i| {
@@ -658,41 +600,110 @@ impl S3Store {
             .try_collect::<Vec<_>>()
             .await;
         let completed = match parts {
-            Ok(mut parts) => {
-                parts.sort_by_key(|p| p.part_number());
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(&self.cfg.bucket)
-                    .key(full)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| store_error("complete multipart upload", full, e))
-            }
+            Ok(parts) => self.complete_multipart(full, &upload_id, parts).await,
             Err(e) => Err(e),
         };
-        match completed {
-            Ok(out) => Ok(out.e_tag().map(str::to_string)),
-            Err(e) => {
-                let abort = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.cfg.bucket)
-                    .key(full)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(a) = abort {
-                    tracing::warn!(key = %full, "aborting a failed multipart upload: {}", DisplayErrorContext(&a));
-                }
-                Err(e)
-            }
+        if completed.is_err() {
+            self.abort_multipart(full, &upload_id).await;
         }
+        completed
+    }
+
+    async fn create_multipart(
+        &self,
+        full: &str,
+        content_type: Option<&str>,
+        md: HashMap<String, String>,
+    ) -> StoreResult<String> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .set_content_type(content_type.map(str::to_string))
+            .set_metadata(Some(md))
+            .send()
+            .await
+            .map_err(|e| store_error("create multipart upload", full, e))?;
+        Ok(created
+            .upload_id()
+            .ok_or_else(|| StoreError::Other(format!("{full}: no upload id from the store")))?
+            .to_string())
+    }
+
+    /// Returns the new object's ETag.
+    async fn complete_multipart(
+        &self,
+        full: &str,
+        upload_id: &str,
+        mut parts: Vec<CompletedPart>,
+    ) -> StoreResult<Option<String>> {
+        parts.sort_by_key(|p| p.part_number());
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| store_error("complete multipart upload", full, e))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    /// Best effort: a failure only leaves parts for the bucket's lifecycle
+    /// rules to clean up, never a visible object.
+    async fn abort_multipart(&self, full: &str, upload_id: &str) {
+        let abort = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(a) = abort {
+            tracing::warn!(key = %full, "aborting a multipart upload: {}", DisplayErrorContext(&a));
+        }
+    }
+
+    /// Bytes `offset..offset + len` of `src` as part `number`; returns its ETag.
+    async fn send_part(
+        &self,
+        full: &str,
+        upload_id: &str,
+        number: i32,
+        src: &Path,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Option<String>> {
+        // Each part streams from the file: memory stays bounded whatever the
+        // file size.
+        let body = ByteStream::read_from()
+            .path(src)
+            .offset(offset)
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| StoreError::Other(format!("reading {}: {e}", src.display())))?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| store_error(&format!("upload part {number}"), full, e))?;
+        Ok(out.e_tag().map(str::to_string))
     }
 
     async fn upload_file(
@@ -729,28 +740,8 @@ impl S3Store {
             size,
             part_size,
             |upload_id, number, offset, len| async move {
-                // Each part streams from the file: memory stays bounded
-                // whatever the file size.
-                let body = ByteStream::read_from()
-                    .path(src)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
+                self.send_part(full, &upload_id, number, src, offset, len)
                     .await
-                    .map_err(|e| StoreError::Other(format!("reading {}: {e}", src.display())))?;
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.cfg.bucket)
-                    .key(full)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .content_length(len as i64)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| store_error(&format!("upload part {number}"), full, e))?;
-                Ok(out.e_tag().map(str::to_string))
             },
         )
         .await
@@ -856,6 +847,95 @@ impl S3Store {
 
 #[async_trait]
 impl Store for S3Store {
+    /// ListObjectsV2 carries no user metadata (x-amz-meta-mode etc.).
+    fn listing_has_attrs(&self) -> bool {
+        false
+    }
+
+    fn lookup_fetch_bytes(&self) -> u64 {
+        LOOKUP_FETCH_BYTES
+    }
+
+    fn part_plan(&self) -> Option<PartPlan> {
+        Some(PartPlan {
+            threshold: self.cfg.multipart_threshold,
+            part_size: self.cfg.part_size.max(5 << 20),
+            max_parts: MAX_PARTS as u32,
+            parallel: self.cfg.parallel_parts.max(1),
+        })
+    }
+
+    async fn begin_upload(&self, key: &str, attrs: &Attrs) -> StoreResult<String> {
+        let full = self.writable(key)?;
+        let mut md = HashMap::new();
+        put_attrs(&mut md, attrs, S_IFREG, 0o644);
+        self.create_multipart(&full, Some(&content_type_of(key)), md)
+            .await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        src: &Path,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let full = self.writable(key)?;
+        let number = i32::try_from(number)
+            .map_err(|_| StoreError::TooLarge(format!("{key}: part number {number}")))?;
+        let etag = self
+            .send_part(
+                &full,
+                upload,
+                number,
+                src,
+                range.start,
+                range.end - range.start,
+            )
+            .await?;
+        Ok(etag.unwrap_or_default())
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[(u32, String)],
+        size: u64,
+    ) -> StoreResult<ObjectMeta> {
+        let full = self.writable(key)?;
+        let parts = parts
+            .iter()
+            .map(|(n, tag)| {
+                CompletedPart::builder()
+                    .part_number(*n as i32)
+                    .set_e_tag((!tag.is_empty()).then(|| tag.clone()))
+                    .build()
+            })
+            .collect();
+        self.complete_multipart(&full, upload, parts).await?;
+        // The metadata was fixed when the upload began: ask for it as stored.
+        let meta = self
+            .head_full(&full)
+            .await?
+            .ok_or_else(|| StoreError::Other(format!("{full}: missing right after its upload")))?
+            .object_meta(key);
+        if meta.size != size {
+            return Err(StoreError::Other(format!(
+                "{full}: the store assembled {} bytes from the parts, not {size}",
+                meta.size
+            )));
+        }
+        Ok(meta)
+    }
+
+    async fn abort_upload(&self, key: &str, upload: &str) -> StoreResult<()> {
+        let full = self.writable(key)?;
+        self.abort_multipart(&full, upload).await;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         format!(
             "S3 bucket {}{}{} at {}{}",
@@ -886,42 +966,28 @@ impl Store for S3Store {
             return Ok(Some(Node::Dir(implied_dir(""))));
         }
         let full = self.full(key);
-        let marker = self.marker(key);
         // The file and the first key below it, in parallel: one round trip.
-        let (head, below) = tokio::join!(
-            self.head_full(&full),
-            self.client
-                .list_objects_v2()
-                .bucket(&self.cfg.bucket)
-                .prefix(&marker)
-                .max_keys(1)
-                .send()
-        );
-        let below = below.map_err(|e| store_error("LIST", &marker, e))?;
-        let head = head?;
-        let Some(first) = below.contents().first().and_then(|o| o.key()) else {
-            return Ok(head.map(|h| Node::File(h.object_meta(key))));
-        };
-        if head.is_some() {
-            self.warn_skip(
-                &full,
-                "a file and a directory share this name; showing the directory",
-            );
-        }
-        let dir = if first == marker {
-            // The marker holds the directory's own attributes.
-            match self.head_full(&marker).await? {
-                Some(h) => DirMeta {
-                    key: key.to_string(),
-                    modified: h.modified,
-                    attrs: attrs_from(Some(&h.metadata)),
-                },
-                None => implied_dir(key),
+        let (head, dir) = tokio::join!(self.head_full(&full), self.dir_below(key));
+        let (head, dir) = (head?, dir?);
+        match dir {
+            Some(dir) => {
+                if head.is_some() {
+                    self.warn_skip(
+                        &full,
+                        "a file and a directory share this name; showing the directory",
+                    );
+                }
+                Ok(Some(Node::Dir(dir)))
             }
-        } else {
-            implied_dir(key)
-        };
-        Ok(Some(Node::Dir(dir)))
+            None => Ok(head.map(|h| Node::File(h.object_meta(key)))),
+        }
+    }
+
+    async fn stat_without_file(&self, key: &str) -> StoreResult<Option<Node>> {
+        if key.is_empty() {
+            return Ok(Some(Node::Dir(implied_dir(""))));
+        }
+        Ok(self.dir_below(key).await?.map(Node::Dir))
     }
 
     async fn get(
@@ -1245,6 +1311,7 @@ impl Store for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::object_meta::parse_mtime;
 
     #[test]
     fn s3fs_metadata_round_trip() {

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Attrs, Capacity, GetResult, ListPage, Node, ObjectMeta, Store, StoreError, StoreResult,
+    Attrs, Capacity, GetResult, ListPage, Node, ObjectMeta, PartPlan, Store, StoreError,
+    StoreResult,
 };
 
 /// Slowest upload rate we wait for before calling a PUT stuck.
@@ -60,6 +61,11 @@ impl Store for TimeoutStore {
 
     async fn stat(&self, key: &str) -> StoreResult<Option<Node>> {
         self.bounded("stat", self.limit, self.inner.stat(key)).await
+    }
+
+    async fn stat_without_file(&self, key: &str) -> StoreResult<Option<Node>> {
+        self.bounded("stat", self.limit, self.inner.stat_without_file(key))
+            .await
     }
 
     async fn get(
@@ -154,6 +160,74 @@ impl Store for TimeoutStore {
     /// each request inside the backend's own loop is its own.
     async fn rename_dir(&self, from: &str, to: &str) -> StoreResult<()> {
         self.inner.rename_dir(from, to).await
+    }
+
+    fn listing_has_attrs(&self) -> bool {
+        self.inner.listing_has_attrs()
+    }
+
+    fn check_key(&self, key: &str) -> StoreResult<()> {
+        self.inner.check_key(key)
+    }
+
+    fn part_plan(&self) -> Option<PartPlan> {
+        self.inner.part_plan()
+    }
+
+    fn lookup_fetch_bytes(&self) -> u64 {
+        self.inner.lookup_fetch_bytes()
+    }
+
+    async fn begin_upload(&self, key: &str, attrs: &Attrs) -> StoreResult<String> {
+        self.bounded(
+            "begin upload",
+            self.limit,
+            self.inner.begin_upload(key, attrs),
+        )
+        .await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        src: &Path,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let limit = self.limit + Duration::from_secs((range.end - range.start) / MIN_UPLOAD_RATE);
+        self.bounded(
+            "upload part",
+            limit,
+            self.inner.upload_part(key, upload, number, src, range),
+        )
+        .await
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[(u32, String)],
+        size: u64,
+    ) -> StoreResult<ObjectMeta> {
+        // The server may assemble the parts before it answers.
+        let limit = self.limit + Duration::from_secs(size / MIN_UPLOAD_RATE / 8);
+        self.bounded(
+            "complete upload",
+            limit,
+            self.inner.complete_upload(key, upload, parts, size),
+        )
+        .await
+    }
+
+    async fn abort_upload(&self, key: &str, upload: &str) -> StoreResult<()> {
+        self.bounded(
+            "abort upload",
+            self.limit,
+            self.inner.abort_upload(key, upload),
+        )
+        .await
     }
 
     async fn capacity(&self) -> Option<Capacity> {

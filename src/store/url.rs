@@ -6,6 +6,8 @@ use std::sync::Arc;
 use super::Store;
 use super::local::LocalStore;
 use super::s3::{S3Config, S3Store};
+use super::sql::{MysqlUrl, SqlConfig, SqlStore, Tables};
+use super::swift::{Auth, SwiftConfig, SwiftStore};
 
 /// What the user asked to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +17,12 @@ pub enum StoreUrl {
     /// An S3 bucket, optionally below a key prefix: `s3://BUCKET[/PREFIX]`.
     /// `prefix` has no leading or trailing `/` ("" = the whole bucket).
     S3 { bucket: String, prefix: String },
+    /// An OpenStack Swift container through the native API, optionally below
+    /// a key prefix: `swift://CONTAINER[/PREFIX]`.
+    Swift { container: String, prefix: String },
+    /// Magento's media tables: `mysql://USER@HOST[:PORT]/DATABASE`, or
+    /// `mysql://USER@localhost/DATABASE?socket=/run/mysqld/mysqld.sock`.
+    Mysql(MysqlUrl),
 }
 
 impl StoreUrl {
@@ -30,9 +38,26 @@ impl StoreUrl {
         if let Some(rest) = s.strip_prefix("s3://") {
             return parse_s3(s, rest);
         }
+        if let Some(rest) = s.strip_prefix("swift://") {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if container.is_empty() || container.len() > 256 {
+                return Err(format!(
+                    "store {s:?}: swift://CONTAINER[/PREFIX] needs a container name (at most 256 bytes)"
+                ));
+            }
+            return Ok(StoreUrl::Swift {
+                container: container.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        for scheme in ["mysql://", "mariadb://"] {
+            if let Some(rest) = s.strip_prefix(scheme) {
+                return Ok(StoreUrl::Mysql(MysqlUrl::parse(rest, s)?));
+            }
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "store {s:?}: unknown scheme {scheme:?}; this build knows plain directories, file:// and s3://"
+                "store {s:?}: unknown scheme {scheme:?}; this build knows plain directories, file://, s3://, swift://, mysql:// and mariadb://"
             ));
         }
         if s.is_empty() {
@@ -68,6 +93,21 @@ impl StoreUrl {
                     None => format!("{id}@aws:{}", cfg.region),
                 }
             }
+            StoreUrl::Swift { container, prefix } => {
+                let auth = opts
+                    .auth_url
+                    .clone()
+                    .or_else(|| std::env::var("ST_AUTH").ok())
+                    .or_else(|| std::env::var("OS_AUTH_URL").ok())
+                    .unwrap_or_default();
+                let prefix = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{prefix}")
+                };
+                format!("swift://{container}{prefix}@{}", auth.trim_end_matches('/'))
+            }
+            StoreUrl::Mysql(u) => u.display(),
         }
     }
 }
@@ -131,6 +171,15 @@ pub struct StoreOptions {
     pub path_style: bool,
     /// S3: profile in the shared credentials file (else AWS_PROFILE, else default).
     pub profile: Option<String>,
+    /// Swift: the auth URL (else ST_AUTH, else OS_AUTH_URL).
+    pub auth_url: Option<String>,
+    /// MySQL: prefix of the media table names (Magento's db table prefix).
+    pub table_prefix: Option<String>,
+    /// MySQL: Magento 1 table names (core_file_storage, core_directory_storage).
+    pub magento1: bool,
+    /// MySQL: read the password from this file (else MEDIAFS_MYSQL_PASSWORD,
+    /// else MYSQL_PWD).
+    pub password_file: Option<PathBuf>,
 }
 
 /// Open the store and check that it answers, so a bad store fails the mount
@@ -141,6 +190,20 @@ pub async fn open_store(url: &StoreUrl, opts: &StoreOptions) -> Result<Arc<dyn S
         StoreUrl::S3 { bucket, prefix } => Ok(Arc::new(
             S3Store::open(S3Config::from_options(bucket, prefix, opts)).await?,
         )),
+        StoreUrl::Swift { container, prefix } => {
+            let auth = Auth::from_env(opts.auth_url.as_deref(), opts.password_file.as_deref())?;
+            Ok(Arc::new(
+                SwiftStore::open(SwiftConfig::new(container, prefix, auth)).await?,
+            ))
+        }
+        StoreUrl::Mysql(u) => {
+            let cfg = SqlConfig {
+                url: u.clone(),
+                password: super::sql::config::load_password(opts.password_file.as_deref())?,
+                tables: Tables::new(opts.table_prefix.as_deref().unwrap_or(""), opts.magento1)?,
+            };
+            Ok(Arc::new(SqlStore::open(cfg).await?))
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod suite;
 pub mod swift;
 
@@ -257,4 +258,60 @@ pub fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Make `dir` refuse writes even to root: a read-only bind mount over itself.
+pub struct ReadOnly(PathBuf);
+impl ReadOnly {
+    pub fn new(dir: &Path) -> ReadOnly {
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(dir)
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new("mount")
+                .args(["-o", "remount,ro,bind"])
+                .arg(dir)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "read-only bind mount (tests run as root)");
+        ReadOnly(dir.to_path_buf())
+    }
+}
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The address a mount started with `--metrics-addr 127.0.0.1:0` serves
+/// metrics on, from its log.
+pub fn metrics_addr(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("address=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
+}
+
+/// One scrape of `GET /metrics`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `name` (with its labels, exactly as exposed).
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }

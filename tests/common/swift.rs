@@ -19,7 +19,7 @@ pub struct Swift {
 static STARTED: OnceLock<PathBuf> = OnceLock::new();
 static SERVER: OnceLock<Swift> = OnceLock::new();
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -38,28 +38,39 @@ pub fn swift() -> &'static Swift {
         if let Ok(endpoint) = std::env::var("MEDIAFS_TEST_S3_ENDPOINT") {
             return Swift { endpoint };
         }
-        let dir = tempfile::Builder::new()
-            .prefix("mediafs-swift-")
-            .tempdir()
-            .expect("temporary directory")
-            .keep();
-        STARTED.set(dir.clone()).unwrap();
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(stop_swift) };
+        // A port that looked free can be taken before the server binds it
+        // (by another test binary's server): try again on other ports.
         let t = Instant::now();
-        let out = Command::new(repo().join("scripts/swift-start.sh"))
-            .arg("auto")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running scripts/swift-start.sh");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "swift-start.sh failed:\n{text}");
-        let port = text
-            .lines()
-            .find_map(|l| l.strip_prefix("port="))
-            .expect("swift-start.sh printed no port");
+        let mut failures = String::new();
+        let port = (0..3)
+            .find_map(|_| {
+                let dir = tempfile::Builder::new()
+                    .prefix("mediafs-swift-")
+                    .tempdir()
+                    .expect("temporary directory")
+                    .keep();
+                let out = Command::new(repo().join("scripts/swift-start.sh"))
+                    .arg("auto")
+                    .arg(&dir)
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("running scripts/swift-start.sh");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if !out.status.success() {
+                    // swift-start.sh stopped what it had started.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures += &text;
+                    return None;
+                }
+                STARTED.set(dir).unwrap();
+                // SAFETY: registering a plain extern "C" function.
+                unsafe { libc::atexit(stop_swift) };
+                text.lines()
+                    .find_map(|l| l.strip_prefix("port="))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("swift-start.sh failed 3 times:\n{failures}"));
         eprintln!(
             "swift started on port {port} in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -68,6 +79,28 @@ pub fn swift() -> &'static Swift {
             endpoint: format!("http://127.0.0.1:{port}"),
         }
     })
+}
+
+/// Create `bucket` (fine if it exists), retrying while the server answers 503:
+/// a loaded single-node Swift sometimes does for a moment.
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let Err(e) = client.create_bucket().bucket(bucket).send().await else {
+            return;
+        };
+        let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or("");
+        if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" {
+            return;
+        }
+        let busy = e.raw_response().map(|r| r.status().as_u16()) == Some(503);
+        assert!(
+            busy && Instant::now() < deadline,
+            "create bucket {bucket}: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 impl Swift {
@@ -88,15 +121,7 @@ impl Swift {
     }
 
     pub async fn create_bucket(&self, bucket: &str) {
-        let r = self.s3_client().create_bucket().bucket(bucket).send().await;
-        if let Err(e) = r {
-            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or("");
-            assert!(
-                code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists",
-                "create bucket {bucket}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            );
-        }
+        create_bucket(&self.s3_client(), bucket).await
     }
 
     /// Mount flags and environment for an S3 mount of this server.
