@@ -48,7 +48,12 @@ impl MountSpec {
         self
     }
 
-    pub fn ttl(self, secs: u64) -> Self {
+    /// Set the metadata TTL, replacing one set before (clap refuses a flag
+    /// given twice).
+    pub fn ttl(mut self, secs: u64) -> Self {
+        if let Some(i) = self.args.iter().position(|a| a == "--metadata-ttl") {
+            self.args.drain(i..i + 2);
+        }
         self.arg("--metadata-ttl").arg(secs.to_string())
     }
 
