@@ -176,6 +176,55 @@ fn damaged_cache_entry_is_not_served() {
     assert!(m.log().contains("wrong size"), "the damage was noticed");
 }
 
+/// A cache entry of the right size with one byte changed (what a crash or a
+/// bad disk block leaves behind) is caught by its checksum at the next run,
+/// for an entry checksummed at insert (small) and one checksummed in the
+/// background (over 1 MiB).
+#[test]
+fn cache_entry_with_a_changed_byte_is_not_served() {
+    let (_d, root) = store_dir();
+    let small = pattern(500_000, 6);
+    let large = pattern(3_000_000, 7);
+    fs::write(root.join("small.png"), &small).unwrap();
+    fs::write(root.join("large.mp4"), &large).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let spec = || {
+        MountSpec::new(root.to_str().unwrap())
+            .cache_dir(&cache_dir)
+            .mount()
+    };
+    let m = spec();
+    assert_same(&fs::read(m.path("small.png")).unwrap(), &small, "small");
+    assert_same(&fs::read(m.path("large.mp4")).unwrap(), &large, "large");
+    m.unmount();
+    let entries = walk(&cache_dir.join("data"));
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for entry in &entries {
+        let mut bytes = fs::read(entry).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        fs::write(entry, &bytes).unwrap();
+    }
+    let m = spec();
+    assert_same(
+        &fs::read(m.path("small.png")).unwrap(),
+        &small,
+        "small after",
+    );
+    assert_same(
+        &fs::read(m.path("large.mp4")).unwrap(),
+        &large,
+        "large after",
+    );
+    let log = m.log();
+    assert_eq!(
+        log.matches("does not match its checksum").count(),
+        2,
+        "both damaged entries were noticed: {log}"
+    );
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).unwrap() {

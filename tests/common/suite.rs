@@ -400,6 +400,49 @@ pub fn second_mount_sees_writes(ctx: &StoreCtx) {
         .exists()));
 }
 
+/// Another host watching a file while this one renames it sees the old name
+/// or the new one; a moment with neither (its cached answers for both names
+/// running out one after the other) never lasts longer than the TTL.
+pub fn rename_seen_from_another_mount(ctx: &StoreCtx) {
+    use std::time::Instant;
+    let m1 = ctx.mount();
+    let m2 = ctx.mount();
+    fs::write(m1.path("old.jpg"), b"photo").unwrap();
+    assert!(eventually(Duration::from_secs(TTL + 3), || m2
+        .path("old.jpg")
+        .exists()));
+    let (old, new) = (m2.path("old.jpg"), m2.path("new.jpg"));
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(TTL + 30);
+        let (mut neither_since, mut longest) = (None::<Instant>, Duration::ZERO);
+        while Instant::now() < deadline {
+            let (o, n) = (old.exists(), new.exists());
+            if !o && !n {
+                neither_since.get_or_insert_with(Instant::now);
+            } else if let Some(since) = neither_since.take() {
+                longest = longest.max(since.elapsed());
+            }
+            if n && !o {
+                return Some(longest);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    fs::rename(m1.path("old.jpg"), m1.path("new.jpg")).unwrap();
+    let longest = watcher
+        .join()
+        .unwrap()
+        .expect("the other mount saw the new name");
+    // TTL plus room for the store's answers on a loaded machine.
+    assert!(
+        longest <= Duration::from_secs(TTL + 2),
+        "neither name for {longest:?}"
+    );
+    assert_eq!(read(&m2.path("new.jpg")), b"photo");
+}
+
 pub fn concurrent_readers_and_writers(ctx: &StoreCtx) {
     let m = ctx.mount();
     let data = pattern(256 * 1024, 7);
@@ -464,7 +507,8 @@ macro_rules! store_suite {
             copy_in_is_in_store_at_close, large_file_cold_random_then_sequential, zero_byte_file, store_side_write_appears_within_ttl,
             changed_in_store_is_read_fresh_after_ttl, random_write_append_truncate,
             exclusive_create, directories, large_directory, renames, attributes,
-            unsupported_and_bad_names, second_mount_sees_writes, concurrent_readers_and_writers,
+            unsupported_and_bad_names, second_mount_sees_writes, rename_seen_from_another_mount,
+            concurrent_readers_and_writers,
             passthrough_readers_and_a_writer);
     };
     (@tests $make:path; $($name:ident),*) => {
