@@ -341,6 +341,18 @@ fn small_files_by_path_cost_one_request_each() {
         after[0],
         "small listed files come from the cache"
     );
+    // Names listed (plain `ls`), then one file opened: that file's request
+    // only, not a stat of every file in the directory.
+    for i in 0..100u64 {
+        ctx.put(&format!("flat/f{i:03}.jpg"), b"y");
+    }
+    let names = fs::read_dir(m.path("flat")).unwrap().count();
+    assert_eq!(names, 100);
+    let before = count("get") + count("head") + count("stat");
+    assert_eq!(fs::read(m.path("flat/f050.jpg")).unwrap(), b"y");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let spent = count("get") + count("head") + count("stat") - before;
+    assert!(spent <= 2.0, "{spent} requests to open one listed file");
 }
 
 /// `mediafs check` on the real server: a good bucket passes every check; a

@@ -21,17 +21,26 @@ pub struct Listing {
     /// Kept up to date with our own changes (see `Core::listed_change`).
     entries: Mutex<BTreeMap<String, Node>>,
     pub at: Instant,
-    /// Where listings carry no attributes (S3): the `stat` of every file in
-    /// it, started together on the first lookup that needs one (`ls -l`), a
-    /// few at a time, so a large directory costs parallel round trips, not
-    /// one after another.
-    stats: OnceLock<HashMap<String, SharedStat>>,
+    /// Where listings carry no attributes (S3): the stats asked for so far,
+    /// and ahead of them in listing order (the order `ls -l` asks in) a
+    /// window that grows with each stat asked, so `ls -l` of a large
+    /// directory costs parallel round trips, while opening one file in a
+    /// listed directory costs one.
+    stats: Mutex<ListedStats>,
+}
+
+#[derive(Default)]
+struct ListedStats {
+    started: HashMap<String, SharedStat>,
+    /// How many stats were asked for: the window ahead is one less, up to
+    /// LISTING_STATS_AHEAD.
+    asked: usize,
 }
 
 type SharedStat = Shared<BoxFuture<'static, StoreResult<Option<Node>>>>;
 
-/// Stats in flight for one listing.
-const LISTING_STATS_PARALLEL: usize = 32;
+/// How far ahead of the stats asked for a listing's stats are started.
+const LISTING_STATS_AHEAD: usize = 32;
 
 /// A listed file up to this size is fetched whole instead of a HEAD when its
 /// attributes are needed: the same one request, and a page that lists a
@@ -77,11 +86,12 @@ impl Listing {
         Listing {
             entries: Mutex::new(entries),
             at: Instant::now(),
-            stats: OnceLock::new(),
+            stats: Mutex::default(),
         }
     }
 
-    /// The stat of file `name`, shared with the other files' stats.
+    /// The stat of file `name`, shared with a lookup of the same name, and
+    /// the next files' stats started ahead of the lookups that will follow.
     fn stat_of(
         self: &Arc<Self>,
         name: &str,
@@ -90,57 +100,51 @@ impl Listing {
         dir: &str,
     ) -> Option<SharedStat> {
         let fetch = store.lookup_fetch_bytes().min(LISTED_FETCH_BYTES);
-        let stats = self.stats.get_or_init(|| {
-            let entries = self.entries.lock().unwrap();
-            let stats: HashMap<String, SharedStat> = entries
-                .iter()
-                .filter_map(|(name, n)| match n {
-                    Node::File(listed) => Some((name, listed.size)),
-                    Node::Dir(_) => None,
-                })
-                .map(|(name, listed_size)| {
-                    let (store, cache) = (store.clone(), cache.clone());
-                    let key = join_key(dir, name);
-                    // The listing says it is a file: a HEAD is all it takes
-                    // (a stat may also list below the name), or a GET that
-                    // brings a small file's bytes too.
-                    let fut = async move {
-                        let meta = if listed_size <= fetch {
-                            get_small(&*store, &cache, &key, fetch).await?
-                        } else {
-                            store.head(&key).await?
-                        };
-                        Ok(meta.map(Node::File))
-                    }
-                    .boxed()
-                    .shared();
-                    (name.clone(), fut)
-                })
-                .collect();
-            // Drive them in listing order (the order `ls` asks in), until the
-            // listing expires.
-            let order: Vec<SharedStat> = entries
-                .keys()
-                .filter_map(|n| stats.get(n).cloned())
-                .collect();
-            drop(entries);
-            let alive = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let mut running = futures::stream::FuturesUnordered::new();
-                for f in order {
-                    if alive.strong_count() == 0 {
-                        break;
-                    }
-                    if running.len() >= LISTING_STATS_PARALLEL {
-                        running.next().await;
-                    }
-                    running.push(f);
-                }
-                while running.next().await.is_some() {}
-            });
-            stats
-        });
-        stats.get(name).cloned()
+        let entries = self.entries.lock().unwrap();
+        let mut stats = self.stats.lock().unwrap();
+        let start = |name: &str, listed_size: u64| -> SharedStat {
+            let (store, cache) = (store.clone(), cache.clone());
+            let key = join_key(dir, name);
+            // The listing says it is a file: a HEAD is all it takes (a stat
+            // may also list below the name), or a GET that brings a small
+            // file's bytes too.
+            async move {
+                let meta = if listed_size <= fetch {
+                    get_small(&*store, &cache, &key, fetch).await?
+                } else {
+                    store.head(&key).await?
+                };
+                Ok(meta.map(Node::File))
+            }
+            .boxed()
+            .shared()
+        };
+        let Some(Node::File(listed)) = entries.get(name) else {
+            return None;
+        };
+        stats.asked += 1;
+        let wanted = stats
+            .started
+            .entry(name.to_string())
+            .or_insert_with(|| start(name, listed.size))
+            .clone();
+        // Files after this one, in listing order, not started yet.
+        let ahead = (stats.asked - 1).min(LISTING_STATS_AHEAD);
+        let next: Vec<(String, u64)> = entries
+            .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
+            .filter_map(|(n, node)| match node {
+                Node::File(m) => Some((n.clone(), m.size)),
+                Node::Dir(_) => None,
+            })
+            .take(ahead)
+            .filter(|(n, _)| !stats.started.contains_key(n))
+            .collect();
+        for (n, size) in next {
+            let f = start(&n, size);
+            stats.started.insert(n, f.clone());
+            tokio::spawn(f.map(|_| ()));
+        }
+        Some(wanted)
     }
 }
 
