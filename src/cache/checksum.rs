@@ -39,6 +39,11 @@ pub fn of_file(file: &File) -> std::io::Result<u32> {
     }
 }
 
+/// Take the file's checksum and record it on the file.
+pub fn record(file: &File) -> std::io::Result<()> {
+    store(file, of_file(file)?)
+}
+
 /// Record `crc` on the file.
 pub fn store(file: &File, crc: u32) -> std::io::Result<()> {
     let value = format!("{crc:08x}");

@@ -292,7 +292,7 @@ impl DiskCache {
         // is recorded, the next run drops the entry rather than trust it).
         let later = match File::open(from) {
             Ok(f) if meta.size <= INLINE_CHECK_BYTES => {
-                let _ = checksum::of_file(&f).and_then(|crc| checksum::store(&f, crc));
+                let _ = checksum::record(&f);
                 false
             }
             Ok(f) => !matches!(checksum::load(&f), Ok(Some(_))),
@@ -316,7 +316,7 @@ impl DiskCache {
         if later {
             std::thread::spawn(move || {
                 if let Ok(f) = File::open(&path) {
-                    let _ = checksum::of_file(&f).and_then(|crc| checksum::store(&f, crc));
+                    let _ = checksum::record(&f);
                 }
             });
         }

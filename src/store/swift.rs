@@ -326,17 +326,11 @@ impl SwiftStore {
                     .send()
                     .await
                     .map_err(|e| transport(&format!("auth at {url}"), e))?;
-                if matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                    return Err(StoreError::PermissionDenied(format!(
-                        "auth at {url} refused user {user:?}: wrong user or key"
-                    )));
-                }
-                if !r.status().is_success() {
-                    return Err(StoreError::Unavailable(format!(
-                        "auth at {url}: HTTP {}",
-                        r.status()
-                    )));
-                }
+                auth_answer(
+                    r.status(),
+                    &format!("auth at {url}"),
+                    &format!("refused user {user:?}: wrong user or key"),
+                )?;
                 let h = r.headers();
                 match (header(h, "x-storage-url"), header(h, "x-auth-token")) {
                     (Some(u), Some(t)) => Session {
@@ -387,17 +381,13 @@ impl SwiftStore {
             .send()
             .await
             .map_err(|e| transport(&format!("Keystone at {base}"), e))?;
-        if matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            return Err(StoreError::PermissionDenied(format!(
-                "Keystone at {base} refused user {user:?} for project {project:?}: wrong user, password or project"
-            )));
-        }
-        if !r.status().is_success() {
-            return Err(StoreError::Unavailable(format!(
-                "Keystone at {base}: HTTP {}",
-                r.status()
-            )));
-        }
+        auth_answer(
+            r.status(),
+            &format!("Keystone at {base}"),
+            &format!(
+                "refused user {user:?} for project {project:?}: wrong user, password or project"
+            ),
+        )?;
         let token = header(r.headers(), "x-subject-token")
             .ok_or_else(|| StoreError::Other(format!("Keystone at {base}: no X-Subject-Token")))?
             .to_string();
@@ -1097,6 +1087,18 @@ impl Store for SwiftStore {
         }
         self.head(key).await
     }
+}
+
+/// An auth service's status: credentials refused (a clear message, no
+/// retry), another failure, or success.
+fn auth_answer(status: StatusCode, service: &str, refused: &str) -> StoreResult<()> {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Err(StoreError::PermissionDenied(format!("{service} {refused}")));
+    }
+    if !status.is_success() {
+        return Err(StoreError::Unavailable(format!("{service}: HTTP {status}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
