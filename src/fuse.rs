@@ -14,7 +14,7 @@ use fuser::{
 };
 use tokio::runtime::Handle as Runtime;
 
-use crate::fs::{Attr, Core, FsError, Kind, OpenReply};
+use crate::fs::{Attr, Backing, BackingGuard, Core, FsError, Kind, OpenReply};
 use crate::metrics::Metrics;
 use crate::store::MAX_NAME_BYTES;
 
@@ -588,6 +588,13 @@ impl Filesystem for MediaFs {
     }
 }
 
+/// A backing file registered with the kernel, closed (by fuser's drop of
+/// the id) when the last passthrough open of its inode is released.
+struct Registered {
+    id: BackingId,
+    _count: BackingGuard,
+}
+
 /// Answer an open, registering a backing file for a passthrough open.
 fn reply_open(core: &Core, r: ReplyOpen, o: OpenReply) {
     let flags = if o.keep_cache {
@@ -598,19 +605,20 @@ fn reply_open(core: &Core, r: ReplyOpen, o: OpenReply) {
     let Some(pt) = o.passthrough else {
         return r.opened(FileHandle(o.fh), flags);
     };
-    // One backing file per inode, shared by all its passthrough opens.
-    let backing = match pt.existing.and_then(|b| b.downcast::<BackingId>().ok()) {
-        Some(b) => Ok(b),
-        None => r.open_backing(&pt.file).map(Arc::new),
-    };
-    match backing {
-        Ok(b) => {
-            // Recorded before the reply, so a quick release finds it.
-            core.set_backing(o.fh, b.clone());
+    // One backing file per inode, shared by all its passthrough opens: the
+    // first open registers it, the others (even ones racing it) reuse it.
+    let backing = pt.backing.get_or_register(|| {
+        let id = r.open_backing(&pt.file)?;
+        let count = core.backing_files().opened();
+        Ok::<Backing, std::io::Error>(Arc::new(Registered { id, _count: count }))
+    });
+    match backing.map(|b| b.downcast::<Registered>()) {
+        Ok(Ok(b)) => {
             // The kernel refuses page-cache flags on a passthrough open (its
             // pages are the backing file's).
-            r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b);
+            r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b.id);
         }
+        Ok(Err(_)) => unreachable!("backing slots hold only what reply_open puts there"),
         Err(e) => {
             core.passthrough_refused(o.fh, &e);
             r.opened(FileHandle(o.fh), flags)

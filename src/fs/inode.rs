@@ -47,7 +47,7 @@ pub struct Inode {
     pub io_plain: u32,
     pub io_passthrough: u32,
     pub pt_version: Option<String>,
-    pub backing: Option<super::passthrough::Backing>,
+    pub backing: Option<std::sync::Arc<super::passthrough::BackingSlot>>,
 }
 
 impl Inode {

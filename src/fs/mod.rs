@@ -27,7 +27,7 @@ pub use error::{FsError, FsResult};
 pub use files::{OpenReply, ReadSource};
 pub use inode::{Kind, ROOT_INO};
 pub use namespace::DirEntry;
-pub use passthrough::{Backing, PassthroughOpen};
+pub use passthrough::{Backing, BackingGuard, PassthroughOpen};
 
 use crate::cache::{DiskCache, private_dir};
 use crate::store::{MAX_KEY_BYTES, MAX_NAME_BYTES, Node, Store, StoreError, StoreResult, join_key};
@@ -136,6 +136,8 @@ pub struct Core {
     uploads_done: Notify,
     /// FUSE passthrough is on (config allows it and the kernel agreed).
     pub(crate) passthrough: std::sync::atomic::AtomicBool,
+    /// Backing files registered with the kernel and not yet closed.
+    backing_files: Arc<passthrough::BackingCount>,
     /// While the store is unreachable: when to ask it again. Until then what
     /// we last knew is served (see `outage`).
     store_retry_at: Mutex<Option<Instant>>,
@@ -184,6 +186,7 @@ impl Core {
             uploads: AtomicUsize::new(0),
             uploads_done: Notify::new(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            backing_files: Default::default(),
             store_retry_at: Mutex::new(None),
         }))
     }

@@ -16,8 +16,8 @@
 
 use std::any::Any;
 use std::fs::File;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Core, FsError, FsResult};
@@ -28,12 +28,65 @@ pub type Backing = Arc<dyn Any + Send + Sync>;
 
 const PASSTHROUGH_WAIT: Duration = Duration::from_secs(5);
 
+/// The one backing file shared by every passthrough open of an inode, from
+/// its first such open until its last release.
+///
+/// The kernel keeps one backing file per inode and fails (EIO to the
+/// application) an open that names a different one while the inode has
+/// passthrough opens. Opens are claimed under the inode lock but register
+/// their backing file after it, so two opens arriving together would each
+/// register their own; the slot makes the first register and the others
+/// wait for and reuse its backing file.
+#[derive(Default)]
+pub struct BackingSlot(Mutex<Option<Backing>>);
+
+impl BackingSlot {
+    /// The slot's backing file, registering one with `register` if it has
+    /// none yet (a failed registration leaves it empty for the next open).
+    pub fn get_or_register<E>(
+        &self,
+        register: impl FnOnce() -> Result<Backing, E>,
+    ) -> Result<Backing, E> {
+        let mut slot = self.0.lock().unwrap();
+        if let Some(b) = &*slot {
+            return Ok(b.clone());
+        }
+        let b = register()?;
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+}
+
 /// An open the kernel may serve straight from a local file.
 pub struct PassthroughOpen {
     /// The complete local bytes, to register as a backing file.
     pub file: File,
-    /// The inode's backing file if one is registered already (must be reused).
-    pub existing: Option<Backing>,
+    /// Where the inode's backing file is (or is to be) registered.
+    pub backing: Arc<BackingSlot>,
+}
+
+/// Counts the backing files registered with the kernel and not yet closed.
+#[derive(Default)]
+pub struct BackingCount(AtomicI64);
+
+impl BackingCount {
+    pub fn opened(self: &Arc<Self>) -> BackingGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        BackingGuard(self.clone())
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Held with a registered backing file; un-counts it when dropped.
+pub struct BackingGuard(Arc<BackingCount>);
+
+impl Drop for BackingGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Core {
@@ -107,10 +160,8 @@ impl Core {
                     reuse = i.backing.is_some(),
                     "passthrough open"
                 );
-                return Ok(Some(Some(PassthroughOpen {
-                    file,
-                    existing: i.backing.clone(),
-                })));
+                let backing = i.backing.get_or_insert_with(Default::default).clone();
+                return Ok(Some(Some(PassthroughOpen { file, backing })));
             }
         }
         if i.io_passthrough == 0 {
@@ -136,15 +187,10 @@ impl Core {
         }
     }
 
-    /// The adapter registered the backing file of a passthrough open.
-    pub fn set_backing(&self, fh: u64, backing: Backing) {
-        let Ok(h) = self.handle(fh) else { return };
-        let mut t = self.inodes.lock().unwrap();
-        if let Some(i) = t.get_mut(h.ino)
-            && i.backing.is_none()
-        {
-            i.backing = Some(backing);
-        }
+    /// Backing files registered with the kernel now (for metrics and
+    /// tests: it must fall back to zero when no passthrough open is left).
+    pub fn backing_files(&self) -> &Arc<BackingCount> {
+        &self.backing_files
     }
 
     /// The kernel would not take a backing file: serve this open normally and
@@ -160,6 +206,7 @@ impl Core {
                 i.io_passthrough = i.io_passthrough.saturating_sub(1);
                 if i.io_passthrough == 0 {
                     i.pt_version = None;
+                    i.backing = None;
                 }
                 i.io_plain += 1;
             }
