@@ -49,14 +49,15 @@ impl MediaFs {
         }
     }
 
-    fn fail(&self, op: &'static str, reply: impl ErrorReply, e: FsError) {
-        fail(self.metrics.as_deref(), op, reply, e);
+    fn fail(&self, op: &'static str, target: Target, reply: impl ErrorReply, e: FsError) {
+        fail(&self.core, self.metrics.as_deref(), op, &target, reply, e);
     }
 
     /// Run `f` on the runtime and hand its result to `reply`.
     fn spawn<T, F, R>(
         &self,
         op: &'static str,
+        target: Target,
         fut: F,
         reply: R,
         ok: impl FnOnce(R, T) + Send + 'static,
@@ -66,26 +67,66 @@ impl MediaFs {
         R: ErrorReply + Send + 'static,
     {
         let metrics = self.metrics.clone();
+        let core = self.core.clone();
         self.rt.spawn(async move {
             match fut.await {
                 Ok(v) => ok(reply, v),
-                Err(e) => fail(metrics.as_deref(), op, reply, e),
+                Err(e) => fail(&core, metrics.as_deref(), op, &target, reply, e),
             }
         });
     }
 }
 
-/// Answer `op` with the errno of `e`. Failures of the store or the local disk
-/// are logged as one line (the store request itself was logged with its key
-/// by `store::instrumented`); answers like ENOENT only at debug level.
-fn fail(metrics: Option<&Metrics>, op: &'static str, reply: impl ErrorReply, e: FsError) {
-    if let Some(m) = metrics {
-        m.fuse_error(op);
+/// What a request was about, named in the log line of its failure.
+enum Target {
+    /// An inode (getattr, open, setattr, opendir).
+    Node(u64),
+    /// A name in a directory (lookup, create, unlink, rename's source, …).
+    Entry(u64, Arc<OsStr>),
+    /// An open file (read, write, flush, release, fsync).
+    Handle(u64),
+}
+
+impl Target {
+    fn describe(&self, core: &Core) -> String {
+        let path = |ino| core.describe_ino(ino);
+        match self {
+            Target::Node(ino) => path(*ino),
+            Target::Entry(parent, name) => {
+                let dir = path(*parent);
+                let name = name.to_string_lossy();
+                if dir.is_empty() || dir == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{dir}/{name}")
+                }
+            }
+            Target::Handle(fh) => core.describe_handle(*fh),
+        }
     }
-    if matches!(e, FsError::Io(_) | FsError::NoSpace(_)) {
-        tracing::warn!(op, errno = e.errno(), error = %e, "operation failed");
+}
+
+/// Answer `op` with the errno of `e`, counted by operation and errno. An
+/// errno that is not the plain answer to the request (a store or disk
+/// failure, a timeout, a refusal the application could not expect) is
+/// logged at warn with the path and its cause; plain answers such as
+/// ENOENT for a missing name only at debug.
+fn fail(
+    core: &Core,
+    metrics: Option<&Metrics>,
+    op: &'static str,
+    target: &Target,
+    reply: impl ErrorReply,
+    e: FsError,
+) {
+    let plain = e.is_plain_answer();
+    if let Some(m) = metrics {
+        m.fuse_error(op, e.errno_name(), plain);
+    }
+    if plain {
+        tracing::debug!(op, path = %target.describe(core), errno = e.errno_name(), error = %e, "operation failed");
     } else {
-        tracing::debug!(op, errno = e.errno(), error = %e, "operation failed");
+        tracing::warn!(op, path = %target.describe(core), errno = e.errno_name(), error = %e, "operation failed");
     }
     reply.error_errno(e.errno());
 }
@@ -123,7 +164,7 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
-fn name(n: &OsStr) -> Box<OsStr> {
+fn name(n: &OsStr) -> Arc<OsStr> {
     n.into()
 }
 
@@ -151,12 +192,17 @@ impl Filesystem for MediaFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         self.op("lookup");
         if n.len() > MAX_NAME_BYTES {
-            return self.fail("lookup", reply, FsError::NameTooLong);
+            return self.fail(
+                "lookup",
+                Target::Entry(parent.0, name(n)),
+                reply,
+                FsError::NameTooLong,
+            );
         }
         if let Some(result) = self.core.lookup_known(parent.0, n) {
             return match result {
                 Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-                Err(e) => self.fail("lookup", reply, e),
+                Err(e) => self.fail("lookup", Target::Entry(parent.0, name(n)), reply, e),
             };
         }
         let core = self.core.clone();
@@ -164,6 +210,7 @@ impl Filesystem for MediaFs {
         let ttl = self.ttl;
         self.spawn(
             "lookup",
+            Target::Entry(parent.0, n.clone()),
             async move { core.lookup(parent.0, &n).await },
             reply,
             move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
@@ -184,6 +231,7 @@ impl Filesystem for MediaFs {
         let ttl = self.ttl;
         self.spawn(
             "getattr",
+            Target::Node(ino.0),
             async move { core.getattr(ino.0).await },
             reply,
             move |r, a| r.attr(&ttl, &file_attr(&a)),
@@ -214,6 +262,7 @@ impl Filesystem for MediaFs {
         let mtime = mtime.map(time);
         self.spawn(
             "setattr",
+            Target::Node(ino.0),
             async move {
                 core.setattr(ino.0, fh.map(|f| f.0), size, mode, uid, gid, mtime)
                     .await
@@ -237,6 +286,7 @@ impl Filesystem for MediaFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return self.fail(
                 "mknod",
+                Target::Entry(parent.0, name(n)),
                 reply,
                 FsError::NotSupported("only regular files can be created"),
             );
@@ -247,6 +297,7 @@ impl Filesystem for MediaFs {
         let ttl = self.ttl;
         self.spawn(
             "mknod",
+            Target::Entry(parent.0, n.clone()),
             async move {
                 let (attr, open) = core
                     .create(
@@ -283,6 +334,7 @@ impl Filesystem for MediaFs {
         let ttl = self.ttl;
         self.spawn(
             "mkdir",
+            Target::Entry(parent.0, n.clone()),
             async move { core.mkdir(parent.0, &n, mode & !umask, uid, gid).await },
             reply,
             move |r, a| r.entry(&ttl, &file_attr(&a), Generation(0)),
@@ -295,6 +347,7 @@ impl Filesystem for MediaFs {
         let n = name(n);
         self.spawn(
             "unlink",
+            Target::Entry(parent.0, n.clone()),
             async move { core.unlink(parent.0, &n).await },
             reply,
             |r, ()| r.ok(),
@@ -307,6 +360,7 @@ impl Filesystem for MediaFs {
         let n = name(n);
         self.spawn(
             "rmdir",
+            Target::Entry(parent.0, n.clone()),
             async move { core.rmdir(parent.0, &n).await },
             reply,
             |r, ()| r.ok(),
@@ -327,6 +381,7 @@ impl Filesystem for MediaFs {
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return self.fail(
                 "rename",
+                Target::Entry(parent.0, name(n)),
                 reply,
                 FsError::Invalid("RENAME_EXCHANGE and RENAME_WHITEOUT are not supported"),
             );
@@ -336,6 +391,7 @@ impl Filesystem for MediaFs {
         let (n, newname) = (name(n), name(newname));
         self.spawn(
             "rename",
+            Target::Entry(parent.0, n.clone()),
             async move {
                 core.rename(parent.0, &n, newparent.0, &newname, no_replace)
                     .await
@@ -351,13 +407,14 @@ impl Filesystem for MediaFs {
         if let Some(result) = self.core.open_known(ino.0, flags.0) {
             return match result {
                 Ok(o) => reply_open(&self.core, reply, o),
-                Err(e) => self.fail("open", reply, e),
+                Err(e) => self.fail("open", Target::Node(ino.0), reply, e),
             };
         }
         let core = self.core.clone();
         let core2 = self.core.clone();
         self.spawn(
             "open",
+            Target::Node(ino.0),
             async move { core.open(ino.0, flags.0).await },
             reply,
             move |r, o| reply_open(&core2, r, o),
@@ -379,6 +436,7 @@ impl Filesystem for MediaFs {
         let core = self.core.clone();
         self.spawn(
             "read",
+            Target::Handle(fh.0),
             async move { core.read(fh.0, offset, size).await },
             reply,
             |r, data| r.data(&data),
@@ -402,6 +460,7 @@ impl Filesystem for MediaFs {
         let data = data.to_vec();
         self.spawn(
             "write",
+            Target::Handle(fh.0),
             async move { core.write(fh.0, offset, &data).await },
             reply,
             |r, n| r.written(n),
@@ -423,6 +482,7 @@ impl Filesystem for MediaFs {
         let core = self.core.clone();
         self.spawn(
             "flush",
+            Target::Handle(fh.0),
             async move { core.flush(fh.0).await },
             reply,
             |r, ()| r.ok(),
@@ -446,6 +506,7 @@ impl Filesystem for MediaFs {
         let core = self.core.clone();
         self.spawn(
             "release",
+            Target::Handle(fh.0),
             async move { core.release(fh.0).await },
             reply,
             |r, ()| r.ok(),
@@ -457,6 +518,7 @@ impl Filesystem for MediaFs {
         let core = self.core.clone();
         self.spawn(
             "fsync",
+            Target::Handle(fh.0),
             async move { core.flush(fh.0).await },
             reply,
             |r, ()| r.ok(),
@@ -468,6 +530,7 @@ impl Filesystem for MediaFs {
         let core = self.core.clone();
         self.spawn(
             "opendir",
+            Target::Node(ino.0),
             async move { core.opendir(ino.0).await },
             reply,
             |r, fh| r.opened(FileHandle(fh), FopenFlags::empty()),
@@ -477,7 +540,7 @@ impl Filesystem for MediaFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -485,7 +548,7 @@ impl Filesystem for MediaFs {
         self.op("readdir");
         let entries = match self.core.readdir(fh.0) {
             Ok(e) => e,
-            Err(e) => return self.fail("readdir", reply, e),
+            Err(e) => return self.fail("readdir", Target::Node(ino.0), reply, e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = match e.kind {
@@ -525,11 +588,12 @@ impl Filesystem for MediaFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.op("statfs");
         let core = self.core.clone();
         self.spawn(
             "statfs",
+            Target::Node(ino.0),
             async move { Ok(core.statfs().await) },
             reply,
             |r, s| {
@@ -570,6 +634,7 @@ impl Filesystem for MediaFs {
         let ttl = self.ttl;
         self.spawn(
             "create",
+            Target::Entry(parent.0, n.clone()),
             async move {
                 core.create(parent.0, &n, mode & !umask, flags, uid, gid)
                     .await

@@ -534,6 +534,54 @@ fn metrics_move_as_files_are_read() {
     drop(m);
 }
 
+/// Every error an application sees that is not the plain answer to its
+/// request is logged at warn with the operation and path, and counted by
+/// errno; plain answers (ENOENT for a missing name) are counted only.
+#[test]
+fn failures_are_logged_with_their_path_and_counted_by_errno() {
+    let (_d, store) = store_dir();
+    fs::write(store.join("kept.jpg"), b"old").unwrap();
+    let m = common::MountSpec::new(store.to_str().unwrap())
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .mount();
+    let addr = common::metrics_addr(&m.log());
+    assert!(fs::metadata(m.path("missing.jpg")).is_err());
+    let ro = common::ReadOnly::new(&store);
+    let err = common::write_and_close(&m.path("kept.jpg"), b"new bytes").unwrap_err();
+    assert_eq!(common::errno_of(&err), libc::EIO);
+    drop(ro);
+    let text = common::scrape(&addr);
+    let sample = |name: &str| common::sample(&text, name);
+    assert!(
+        sample(r#"mediafs_fuse_errors_total{op="lookup",errno="ENOENT"}"#) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(r#"mediafs_fuse_failures_total{op="lookup",errno="ENOENT"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(r#"mediafs_fuse_failures_total{op="flush",errno="EIO"}"#),
+        1.0,
+        "{text}"
+    );
+    let log = m.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("operation failed"))
+        .unwrap_or_else(|| panic!("no warning for the failed close: {log}"));
+    assert!(
+        line.contains("op=\"flush\"") && line.contains("path=/kept.jpg") && line.contains("EIO"),
+        "{line}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("missing.jpg")),
+        "a missing name is a plain answer, not a warning: {log}"
+    );
+}
+
 #[test]
 fn cache_stats_lists_staging_and_clear_refuses_while_mounted() {
     let (_d, store) = store_with_jpeg();

@@ -61,6 +61,47 @@ impl FsError {
         }
     }
 
+    /// The errno's name, for logs and metric labels.
+    pub fn errno_name(&self) -> &'static str {
+        match self {
+            FsError::NotFound => "ENOENT",
+            FsError::Exists => "EEXIST",
+            FsError::NotEmpty => "ENOTEMPTY",
+            FsError::NotDir => "ENOTDIR",
+            FsError::IsDir => "EISDIR",
+            FsError::NameTooLong => "ENAMETOOLONG",
+            FsError::Invalid(_) => "EINVAL",
+            FsError::ReadOnly => "EROFS",
+            FsError::NotSupported(_) => "ENOTSUP",
+            FsError::BadHandle => "EBADF",
+            FsError::NoSpace(_) => "ENOSPC",
+            FsError::PermissionDenied(_) => "EACCES",
+            FsError::Stale => "ESTALE",
+            FsError::Busy(_) => "EBUSY",
+            FsError::Io(_) => "EIO",
+        }
+    }
+
+    /// The error is the plain answer to the request, given by the names,
+    /// kinds and arguments involved (a missing name, a full directory, a
+    /// name too long, an operation the filesystem never does), not a
+    /// failure of the store, the disk or mediafs. Everything else is logged
+    /// at warn, so an operator sees every failure an application sees.
+    pub fn is_plain_answer(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::Exists
+                | FsError::NotEmpty
+                | FsError::NotDir
+                | FsError::IsDir
+                | FsError::NameTooLong
+                | FsError::Invalid(_)
+                | FsError::ReadOnly
+                | FsError::NotSupported(_)
+        )
+    }
+
     pub fn local_io(what: &str, err: std::io::Error) -> Self {
         if err.raw_os_error() == Some(libc::ENOSPC) || err.raw_os_error() == Some(libc::EDQUOT) {
             FsError::NoSpace(format!("{what}: {err}"))

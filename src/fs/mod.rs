@@ -266,6 +266,22 @@ impl Core {
         Ok((i.path.clone(), i.kind))
     }
 
+    /// The path of `ino` as the mount shows it, for log lines.
+    pub fn describe_ino(&self, ino: u64) -> String {
+        match self.inodes.lock().unwrap().get(ino) {
+            Some(i) => format!("/{}", i.path),
+            None => format!("(inode {ino}, forgotten)"),
+        }
+    }
+
+    /// The path of the file open as `fh`, for log lines.
+    pub fn describe_handle(&self, fh: u64) -> String {
+        match self.handle(fh) {
+            Ok(h) => self.describe_ino(h.ino),
+            Err(_) => format!("(file handle {fh}, released)"),
+        }
+    }
+
     /// The key of `name` inside directory `parent`, checked.
     pub(crate) fn child_path(&self, parent: u64, name: &OsStr) -> FsResult<(String, String)> {
         let name = check_name(name)?;

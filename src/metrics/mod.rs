@@ -33,7 +33,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     fuse_ops: Family<Labels1, Counter>,
-    fuse_errors: Family<Labels1, Counter>,
+    fuse_errors: Family<Labels2, Counter>,
+    fuse_failures: Family<Labels2, Counter>,
     store_requests: Family<Labels2, Counter>,
     store_latency: Family<Labels1, Histogram, fn() -> Histogram>,
 }
@@ -48,7 +49,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("mediafs");
         let fuse_ops = Family::<Labels1, Counter>::default();
-        let fuse_errors = Family::<Labels1, Counter>::default();
+        let fuse_errors = Family::<Labels2, Counter>::default();
+        let fuse_failures = Family::<Labels2, Counter>::default();
         let store_requests = Family::<Labels2, Counter>::default();
         let store_latency: Family<Labels1, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -59,8 +61,14 @@ impl Metrics {
         );
         registry.register(
             "fuse_errors",
-            "FUSE requests answered with an error, by operation",
+            "FUSE requests answered with an error, by operation and errno",
             fuse_errors.clone(),
+        );
+        registry.register(
+            "fuse_failures",
+            "FUSE requests answered with an error that is not the plain answer to the request \
+             (store or disk failures, timeouts; each one is logged at warn), by operation and errno",
+            fuse_failures.clone(),
         );
         registry.register(
             "store_requests",
@@ -76,6 +84,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             fuse_ops,
             fuse_errors,
+            fuse_failures,
             store_requests,
             store_latency,
         }
@@ -93,8 +102,14 @@ impl Metrics {
         self.fuse_ops.get_or_create(&[("op", op)]).inc();
     }
 
-    pub fn fuse_error(&self, op: &'static str) {
-        self.fuse_errors.get_or_create(&[("op", op)]).inc();
+    /// A request of kind `op` failed with `errno`; `plain`: it was the
+    /// plain answer to the request (e.g. ENOENT for a missing name).
+    pub fn fuse_error(&self, op: &'static str, errno: &'static str, plain: bool) {
+        let labels = [("op", op), ("errno", errno)];
+        self.fuse_errors.get_or_create(&labels).inc();
+        if !plain {
+            self.fuse_failures.get_or_create(&labels).inc();
+        }
     }
 
     pub fn store_request(&self, op: &'static str, took: Duration, failed: bool) {
@@ -172,6 +187,11 @@ impl Collector for CoreCollector {
                 "uploads_in_flight",
                 "Uploads to the store running now",
                 self.0.uploads_in_flight() as i64,
+            ),
+            (
+                "passthrough_backing_files",
+                "Cache files registered with the kernel for FUSE passthrough reads now",
+                self.0.backing_files().get(),
             ),
         ];
         for (name, help, v) in gauges {
