@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle as Runtime;
 
@@ -23,6 +23,29 @@ pub struct MediaFs {
     rt: Runtime,
     ttl: Duration,
     metrics: Option<Arc<Metrics>>,
+    kernel: KernelNotifier,
+}
+
+/// Tells the kernel to drop what it cached. Set once the session exists
+/// (the session is built from the filesystem, so it cannot be passed in).
+#[derive(Clone, Default)]
+pub struct KernelNotifier(Arc<std::sync::OnceLock<Notifier>>);
+
+impl KernelNotifier {
+    pub fn set(&self, n: Notifier) {
+        let _ = self.0.set(n);
+    }
+
+    /// Drop the kernel's attributes of `ino` (not its pages): its next stat
+    /// or read past the size it knew asks us again.
+    fn forget_attrs(&self, ino: u64) {
+        if let Some(n) = self.0.get()
+            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(ino, error = %e, "invalidating kernel attributes");
+        }
+    }
 }
 
 impl MediaFs {
@@ -33,7 +56,13 @@ impl MediaFs {
             rt,
             ttl,
             metrics: None,
+            kernel: KernelNotifier::default(),
         }
+    }
+
+    /// Where the session's notifier will be put, once there is a session.
+    pub fn kernel_notifier(&self) -> KernelNotifier {
+        self.kernel.clone()
     }
 
     /// Count every request by operation (and failures) in `metrics`.
@@ -406,18 +435,19 @@ impl Filesystem for MediaFs {
         // A cached file with fresh metadata opens without leaving this thread.
         if let Some(result) = self.core.open_known(ino.0, flags.0) {
             return match result {
-                Ok(o) => reply_open(&self.core, reply, o),
+                Ok(o) => reply_open(&self.core, &self.kernel, reply, o),
                 Err(e) => self.fail("open", Target::Node(ino.0), reply, e),
             };
         }
         let core = self.core.clone();
         let core2 = self.core.clone();
+        let kernel = self.kernel.clone();
         self.spawn(
             "open",
             Target::Node(ino.0),
             async move { core.open(ino.0, flags.0).await },
             reply,
-            move |r, o| reply_open(&core2, r, o),
+            move |r, o| reply_open(&core2, &kernel, r, o),
         );
     }
 
@@ -661,10 +691,13 @@ struct Registered {
 }
 
 /// Answer an open, registering a backing file for a passthrough open.
-fn reply_open(core: &Core, r: ReplyOpen, o: OpenReply) {
+fn reply_open(core: &Core, kernel: &KernelNotifier, r: ReplyOpen, o: OpenReply) {
     let flags = if o.keep_cache {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
+        // Before the reply, so the opener's first fstat or read already
+        // asks for the size of the version it opened.
+        kernel.forget_attrs(o.ino);
         FopenFlags::empty()
     };
     let Some(pt) = o.passthrough else {

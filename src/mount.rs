@@ -96,8 +96,10 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         let int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         Ok::<_, String>((term, int))
     })?;
+    let kernel = fs.kernel_notifier();
     let mut session = Session::new(fs, &args.mountpoint, &config)
         .map_err(|e| format!("mounting at {}: {e}", args.mountpoint.display()))?;
+    kernel.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let fuse_thread = std::thread::Builder::new()

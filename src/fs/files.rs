@@ -32,8 +32,13 @@ pub enum ReadSource {
 }
 
 pub struct OpenReply {
+    pub ino: u64,
     pub fh: u64,
-    /// The kernel may keep its page cache: the version is the one it last saw.
+    /// The kernel may keep its page cache and attributes: the version is the
+    /// one it last opened. When false, the adapter also drops the kernel's
+    /// attributes: they may describe an older version (another host changed
+    /// the file since the kernel's last lookup), and the kernel clamps reads
+    /// and reports fstat sizes by them.
     pub keep_cache: bool,
     /// Let the kernel read a local file directly (FUSE passthrough).
     pub passthrough: Option<PassthroughOpen>,
@@ -128,6 +133,7 @@ impl Core {
                 Handle::new(ino, ReadSource::None, Some(staged), true, append, false),
             );
             return Ok(OpenReply {
+                ino,
                 fh,
                 keep_cache: false,
                 passthrough: None,
@@ -148,6 +154,7 @@ impl Core {
                 Handle::new(ino, ReadSource::None, Some(staged), false, false, false),
             );
             return Ok(OpenReply {
+                ino,
                 fh,
                 keep_cache: false,
                 passthrough: None,
@@ -227,6 +234,7 @@ impl Core {
             Handle::new(ino, source, None, false, false, passthrough.is_some()),
         );
         OpenReply {
+            ino,
             fh,
             keep_cache,
             passthrough,
@@ -434,6 +442,7 @@ impl Core {
         Ok((
             attr,
             OpenReply {
+                ino,
                 fh,
                 keep_cache: false,
                 passthrough: None,

@@ -499,6 +499,11 @@ pub fn passthrough_readers_and_a_writer(ctx: &StoreCtx) {
     assert_eq!(read(&m.path("pt.bin")), b"rewritten");
 }
 
+/// Web-server load on hot files with a writer and a second host (see `load`).
+pub fn web_load_zero_errors(ctx: &StoreCtx) {
+    super::load::web_load_zero_errors(ctx);
+}
+
 /// One #[test] per check, for a store given by `$make(name) -> StoreCtx`.
 #[macro_export]
 macro_rules! store_suite {
@@ -509,7 +514,7 @@ macro_rules! store_suite {
             exclusive_create, directories, large_directory, renames, attributes,
             unsupported_and_bad_names, second_mount_sees_writes, rename_seen_from_another_mount,
             concurrent_readers_and_writers,
-            passthrough_readers_and_a_writer);
+            passthrough_readers_and_a_writer, web_load_zero_errors);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
