@@ -110,6 +110,15 @@ pub struct MountArgs {
     /// Never let the kernel read cache files directly (FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Ask the store for each listed file's own metadata (one HEAD per file)
+    /// before showing its attributes, where listings carry none (S3, Swift):
+    /// modes, owners and mtimes set by s3fs-fuse or by a chmod on another
+    /// host then show exactly, at one request per file for `ls -l`. Without
+    /// it, listed files show the listing's size and Last-Modified and the
+    /// mount's --uid/--gid/--file-mode until a GET or HEAD of the file (an
+    /// open) brings its own.
+    #[arg(long)]
+    pub stat_listed_files: bool,
     /// Kernel read-ahead of the mount, e.g. 1M. The kernel gives FUSE 128K,
     /// which cuts a sequential read into 8 times as many requests; 0 keeps
     /// the kernel's value. Needs root (it is set in /sys/class/bdi).

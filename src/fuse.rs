@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle as Runtime;
 
@@ -183,6 +183,7 @@ error_reply!(
     ReplyWrite,
     ReplyCreate,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyStatfs
 );
 
@@ -205,6 +206,16 @@ impl Filesystem for MediaFs {
         // kernel otherwise serialises them per directory): sixteen readers
         // of sixteen thumbnails wait for sixteen GETs in parallel.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Names come with their attributes (from the listing), so `ls -l`
+        // and scandir+stat cost no LOOKUP per entry. AUTO: the kernel asks
+        // for attributes on the first page and when lookups follow, not
+        // for a plain `ls`. Not where each file's attributes need a request
+        // of their own (--stat-listed-files).
+        if self.core.listings_suffice() {
+            let _ = config.add_capabilities(
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            );
+        }
         // Cache files live on a plain local filesystem: stacking depth 1.
         if self.core.config().passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -580,12 +591,64 @@ impl Filesystem for MediaFs {
             Ok(e) => e,
             Err(e) => return self.fail("readdir", Target::Node(ino.0), reply, e),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in entries.entries.iter().enumerate().skip(offset as usize) {
             let kind = match e.kind {
                 Kind::File => FileType::RegularFile,
                 Kind::Dir => FileType::Directory,
             };
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.op("readdirplus");
+        let entries = match self.core.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return self.fail("readdirplus", Target::Node(ino.0), reply, e),
+        };
+        for (i, e) in entries.entries.iter().enumerate().skip(offset as usize) {
+            // The kernel takes no reference on "." and "..", nor uses their
+            // attributes.
+            let dots = e.name == "." || e.name == "..";
+            let attr = if dots {
+                self.core.getattr_cached(e.ino).unwrap_or(Attr {
+                    ino: e.ino,
+                    kind: Kind::Dir,
+                    size: 0,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                })
+            } else {
+                match self.core.lookup_listed(&entries, e) {
+                    Ok(a) => a,
+                    // Removed here since opendir: not shown.
+                    Err(_) => continue,
+                }
+            };
+            let full = reply.add(
+                INodeNo(attr.ino),
+                (i + 1) as u64,
+                &e.name,
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            );
+            if full {
+                if !dots {
+                    self.core.forget(attr.ino, 1);
+                }
                 break;
             }
         }

@@ -58,6 +58,7 @@ pub fn run(args: MountArgs) -> Result<(), String> {
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
         passthrough: !args.no_passthrough,
+        stat_listed_files: args.stat_listed_files,
     };
     let core = Core::new(store.clone(), cache, cfg).map_err(|e| e.to_string())?;
     if let (Some(addr), Some(m)) = (args.metrics_addr, &metrics) {

@@ -79,6 +79,10 @@ impl Progress {
 
 pub struct Download {
     pub meta: ObjectMeta,
+    /// The object's metadata as the store's first answer gave it, with the
+    /// object's own attributes (a listing, which `meta` may come from,
+    /// carries none on S3 and Swift).
+    answer: std::sync::OnceLock<ObjectMeta>,
     file: File,
     writer: File,
     tmp: PathBuf,
@@ -130,6 +134,11 @@ impl Download {
     /// Wait until the store has answered with the object's headers.
     pub async fn started(&self) -> Result<(), DownloadError> {
         self.wait_until(|p| p.started || p.remaining == 0).await
+    }
+
+    /// The metadata of the store's first answer, once there is one.
+    pub fn answer(&self) -> Option<&ObjectMeta> {
+        self.answer.get()
     }
 
     /// Wait until the bytes `[start, end)` are on disk, fetching their parts
@@ -243,6 +252,7 @@ impl DiskCache {
         let parts = part_count(meta.size);
         let download = Arc::new(Download {
             meta: meta.clone(),
+            answer: Default::default(),
             file: reader,
             writer,
             tmp,
@@ -355,6 +365,7 @@ async fn fetch_part(
                 if meta.version != expected.version || meta.size != expected.size {
                     return Err(DownloadError::Changed);
                 }
+                let _ = dl.answer.set(meta);
                 body
             }
             GetResult::NotModified => {

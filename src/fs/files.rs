@@ -84,6 +84,23 @@ impl Core {
         }
     }
 
+    /// Take the attributes an answer of the store carried for a version we
+    /// already know (nothing is learnt of another version, nor over local
+    /// changes).
+    fn learn(&self, answer: &ObjectMeta) {
+        let mut t = self.inodes.lock().unwrap();
+        let known = t
+            .by_path(&answer.key)
+            .is_some_and(|i| i.object.as_ref().map(|o| &o.version) == Some(&answer.version));
+        if known {
+            t.upsert(
+                &answer.key,
+                &crate::store::Node::File(answer.clone()),
+                Instant::now(),
+            );
+        }
+    }
+
     /// Forget a version that turned out to be outdated, so the next look asks
     /// the store again.
     fn mark_stale(&self, ino: u64) {
@@ -288,7 +305,16 @@ impl Core {
             Err(e) => return Err(e.into()),
         };
         match dl.started().await {
-            Ok(()) => Ok(ReadSource::Download(dl)),
+            Ok(()) => {
+                // The GET brought the object's own attributes (modes,
+                // owner, mtime), which a listing lacks on S3 and Swift.
+                if let Some(answer) = dl.answer()
+                    && !self.store.listing_has_attrs()
+                {
+                    self.learn(answer);
+                }
+                Ok(ReadSource::Download(dl))
+            }
             Err(DownloadError::Local(_)) => Ok(ReadSource::Direct(meta.clone())),
             Err(e) => Err(e.into()),
         }

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 pub use error::{FsError, FsResult};
 pub use files::{OpenReply, ReadSource};
 pub use inode::{Kind, ROOT_INO};
-pub use namespace::DirEntry;
+pub use namespace::{DirEntry, DirSnapshot};
 pub use passthrough::{Backing, BackingGuard, PassthroughOpen};
 
 use crate::cache::{DiskCache, private_dir};
@@ -47,6 +47,12 @@ pub struct CoreConfig {
     pub dir_mode: u32,
     /// Offer FUSE passthrough for fully cached files (if the kernel agrees).
     pub passthrough: bool,
+    /// Where listings carry no per-file attributes (S3, Swift), ask the
+    /// store for each file's own before showing it (the s3fs way: exact
+    /// modes and mtimes, a request per file). Otherwise a listed file shows
+    /// the listing's size and time and the mount's defaults until a GET or
+    /// HEAD of it happens anyway.
+    pub stat_listed_files: bool,
 }
 
 impl Default for CoreConfig {
@@ -59,6 +65,7 @@ impl Default for CoreConfig {
             file_mode: 0o644,
             dir_mode: 0o755,
             passthrough: true,
+            stat_listed_files: false,
         }
     }
 }
@@ -122,7 +129,7 @@ pub struct Core {
     pub(crate) cfg: CoreConfig,
     pub(crate) inodes: Mutex<InodeTable>,
     pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    pub(crate) dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    pub(crate) dir_handles: Mutex<HashMap<u64, Arc<DirSnapshot>>>,
     next_fh: AtomicU64,
     /// Paths known not to exist (negative entries), trusted for the TTL.
     pub(crate) missing: moka::sync::Cache<String, ()>,
@@ -243,6 +250,18 @@ impl Core {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether a listing's answer is enough to show a file: listings carry
+    /// the attributes (local, database), or they carry size and time and the
+    /// mount does not ask for each file's own (see `stat_listed_files`).
+    pub fn listings_suffice(&self) -> bool {
+        self.store.listing_has_attrs() || !self.cfg.stat_listed_files
+    }
+
+    /// The inode's attributes may be shown without asking the store.
+    pub(crate) fn attrs_usable(&self, inode: &Inode) -> bool {
+        inode.attrs_known || !self.cfg.stat_listed_files
+    }
+
     pub(crate) fn attr_of(&self, inode: &Inode) -> Attr {
         let default_mode = match inode.kind {
             Kind::File => self.cfg.file_mode,
@@ -315,8 +334,10 @@ impl Core {
     pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
         let t = self.inodes.lock().unwrap();
         let i = t.get(ino)?;
-        (ino == ROOT_INO || i.has_local_state() || (self.fresh(i.validated) && i.attrs_known))
-            .then(|| self.attr_of(i))
+        (ino == ROOT_INO
+            || i.has_local_state()
+            || (self.fresh(i.validated) && self.attrs_usable(i)))
+        .then(|| self.attr_of(i))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {

@@ -153,6 +153,16 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: String,
+    /// What the listing said (None for "." and ".." and files made here),
+    /// to record the entry again if its inode was dropped since opendir.
+    node: Option<Node>,
+}
+
+/// An open directory: its entries as listed at opendir.
+pub struct DirSnapshot {
+    dir: String,
+    at: Instant,
+    pub entries: Vec<DirEntry>,
 }
 
 /// Warn once per odd key, not on every listing.
@@ -227,7 +237,7 @@ impl Core {
     /// The shared stat of `path` from its directory's fresh listing, where
     /// that listing has the file but not its attributes.
     pub(crate) fn listed_stat(&self, path: &str) -> Option<SharedStat> {
-        if self.store.listing_has_attrs() || path.is_empty() {
+        if self.listings_suffice() || path.is_empty() {
             return None;
         }
         let dir = parent_of(path);
@@ -260,7 +270,7 @@ impl Core {
             let t = self.inodes.lock().unwrap();
             if let Some(i) = t.by_path(path)
                 && (i.has_local_state()
-                    || (self.fresh(i.validated) && i.attrs_known)
+                    || (self.fresh(i.validated) && self.attrs_usable(i))
                     || path.is_empty())
             {
                 return Some(Ok(i.ino));
@@ -276,19 +286,36 @@ impl Core {
         let Some(node) = listing.entries.lock().unwrap().get(key_name(path)).cloned() else {
             return Some(Err(FsError::NotFound));
         };
-        let node = &node;
-        if self.store.listing_has_attrs() {
-            return Some(Ok(self.record(path, node)));
-        }
-        // The listing proves the entry exists but not its attributes: use
-        // them only if we learnt them earlier for this same version.
+        // Where the listing lacks the file's own attributes, what we learnt
+        // earlier of this same version stays (see `Inode::update_from`).
         let mut t = self.inodes.lock().unwrap();
-        let ino = t.upsert_listed(path, node, listing.at, false);
-        t.get(ino)?.attrs_known.then_some(Ok(ino))
+        let ino = t.upsert_listed(path, &node, listing.at, self.store.listing_has_attrs());
+        self.attrs_usable(t.get(ino)?).then_some(Ok(ino))
     }
 
     fn counted_lookup(&self, ino: u64) -> FsResult<Attr> {
         let mut t = self.inodes.lock().unwrap();
+        let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        inode.lookups += 1;
+        Ok(self.attr_of(inode))
+    }
+
+    /// The attributes of an entry READDIRPLUS hands the kernel with its
+    /// name, counted as a lookup (the kernel takes a reference on each such
+    /// entry, as for a LOOKUP). Undo with `forget(attr.ino, 1)` if the entry
+    /// did not fit in the reply. The inode is the one now at the entry's
+    /// path: a huge listing may have had idle inodes pruned since opendir,
+    /// and a newer answer about the path must not give way to the snapshot.
+    pub fn lookup_listed(&self, snapshot: &DirSnapshot, e: &DirEntry) -> FsResult<Attr> {
+        let path = join_key(&snapshot.dir, &e.name);
+        let mut t = self.inodes.lock().unwrap();
+        let ino = match (t.by_path(&path), &e.node) {
+            (Some(i), _) if i.kind == e.kind => i.ino,
+            (_, Some(node)) => {
+                t.upsert_listed(&path, node, snapshot.at, self.store.listing_has_attrs())
+            }
+            (_, None) => return Err(FsError::NotFound),
+        };
         let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
         inode.lookups += 1;
         Ok(self.attr_of(inode))
@@ -382,11 +409,13 @@ impl Core {
             ino,
             kind: Kind::Dir,
             name: ".".into(),
+            node: None,
         });
         out.push(DirEntry {
             ino: parent_ino,
             kind: Kind::Dir,
             name: "..".into(),
+            node: None,
         });
         let mut seen = HashSet::new();
         for (name, node) in &entries {
@@ -398,6 +427,7 @@ impl Core {
                 ino: child,
                 kind,
                 name: name.clone(),
+                node: Some(node.clone()),
             });
         }
         for (name, child, kind) in t.local_children(&dir) {
@@ -406,17 +436,26 @@ impl Core {
                     ino: child,
                     kind,
                     name,
+                    node: None,
                 });
             }
         }
         drop(t);
         let fh = self.new_fh();
-        self.dir_handles.lock().unwrap().insert(fh, Arc::new(out));
+        let snapshot = DirSnapshot {
+            dir,
+            at: listing.at,
+            entries: out,
+        };
+        self.dir_handles
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(snapshot));
         Ok(fh)
     }
 
     /// Entries of an open directory from `offset` on.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<DirSnapshot>> {
         self.dir_handles
             .lock()
             .unwrap()

@@ -16,13 +16,16 @@ struct Fixture {
 }
 
 fn fixture(ttl: Duration) -> Fixture {
+    fixture_with(CoreConfig {
+        ttl,
+        ..CoreConfig::default()
+    })
+}
+
+fn fixture_with(cfg: CoreConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::new());
     let cache = DiskCache::open(&dir.path().join("cache"), "mem", 64 << 20).unwrap();
-    let cfg = CoreConfig {
-        ttl,
-        ..CoreConfig::default()
-    };
     let core = Core::new(store.clone(), cache, cfg).unwrap();
     Fixture {
         core,
@@ -67,6 +70,7 @@ impl Fixture {
             .core
             .readdir(fh)
             .unwrap()
+            .entries
             .iter()
             .map(|e| e.name.clone())
             .collect();
@@ -609,9 +613,57 @@ async fn small_files_cost_one_get_with_their_lookup() {
     assert_eq!(f.store.gets.load(Ordering::Relaxed), before);
 }
 
+/// S3 and Swift listings carry size and time but no modes: by default `ls
+/// -l` is answered from the listing alone, and modes learnt from the object
+/// itself (a chmod here, a GET) are not lost to the next listing.
+#[tokio::test]
+async fn ls_l_over_bare_listings_asks_nothing_per_file() {
+    let f = fixture(Duration::from_millis(200));
+    f.store.bare_listings.store(true, Ordering::Relaxed);
+    for i in 0..200 {
+        f.store.insert(&format!("d/f{i:03}"), b"xy");
+    }
+    let dir = f.core.lookup(ROOT_INO, os("d")).await.unwrap().ino;
+    let (stats, gets) = (
+        f.store.stats.load(Ordering::Relaxed),
+        f.store.gets.load(Ordering::Relaxed),
+    );
+    for n in f.names(dir).await.iter().filter(|n| !n.starts_with('.')) {
+        let a = f.core.lookup(dir, os(n)).await.unwrap();
+        assert_eq!((a.size, a.perm), (2, 0o644));
+        f.core.getattr(a.ino).await.unwrap();
+    }
+    assert_eq!(
+        f.store.stats.load(Ordering::Relaxed),
+        stats,
+        "no stat per file"
+    );
+    assert_eq!(
+        f.store.gets.load(Ordering::Relaxed),
+        gets,
+        "no GET per file"
+    );
+    // A chmod here: the mode stays through later listings of that version.
+    let a = f.core.lookup(dir, os("f007")).await.unwrap();
+    f.core
+        .setattr(a.ino, None, None, Some(0o600), None, None, None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        f.names(dir).await;
+        let again = f.core.lookup(dir, os("f007")).await.unwrap();
+        assert_eq!(again.perm, 0o600, "the mode set here does not flip back");
+    }
+}
+
 #[tokio::test]
 async fn ls_l_over_bare_listings_stats_in_parallel_once_each() {
-    let f = fixture(Duration::from_secs(60));
+    let f = fixture_with(CoreConfig {
+        ttl: Duration::from_secs(60),
+        stat_listed_files: true,
+        ..CoreConfig::default()
+    });
     f.store.bare_listings.store(true, Ordering::Relaxed);
     for i in 0..200 {
         f.store.insert(&format!("d/f{i:03}"), b"x");
