@@ -153,15 +153,14 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: String,
-    /// What the listing said (None for "." and ".." and files made here),
-    /// to record the entry again if its inode was dropped since opendir.
-    node: Option<Node>,
 }
 
 /// An open directory: its entries as listed at opendir.
 pub struct DirSnapshot {
     dir: String,
-    at: Instant,
+    /// The listing the entries came from, to record an entry again if its
+    /// idle inode was pruned since opendir.
+    listing: Arc<Listing>,
     pub entries: Vec<DirEntry>,
 }
 
@@ -308,13 +307,28 @@ impl Core {
     /// and a newer answer about the path must not give way to the snapshot.
     pub fn lookup_listed(&self, snapshot: &DirSnapshot, e: &DirEntry) -> FsResult<Attr> {
         let path = join_key(&snapshot.dir, &e.name);
+        let present = |t: &super::inode::InodeTable| {
+            t.by_path(&path).filter(|i| i.kind == e.kind).map(|i| i.ino)
+        };
+        // Not under the inode lock: listings are locked before inodes.
+        let listed = match present(&self.inodes.lock().unwrap()) {
+            Some(_) => None,
+            None => snapshot
+                .listing
+                .entries
+                .lock()
+                .unwrap()
+                .get(&e.name)
+                .cloned(),
+        };
         let mut t = self.inodes.lock().unwrap();
-        let ino = match (t.by_path(&path), &e.node) {
-            (Some(i), _) if i.kind == e.kind => i.ino,
-            (_, Some(node)) => {
-                t.upsert_listed(&path, node, snapshot.at, self.store.listing_has_attrs())
+        let ino = match (present(&t), listed) {
+            (Some(ino), _) => ino,
+            (None, Some(node)) => {
+                let at = snapshot.listing.at;
+                t.upsert_listed(&path, &node, at, self.store.listing_has_attrs())
             }
-            (_, None) => return Err(FsError::NotFound),
+            (None, None) => return Err(FsError::NotFound),
         };
         let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
         inode.lookups += 1;
@@ -409,13 +423,11 @@ impl Core {
             ino,
             kind: Kind::Dir,
             name: ".".into(),
-            node: None,
         });
         out.push(DirEntry {
             ino: parent_ino,
             kind: Kind::Dir,
             name: "..".into(),
-            node: None,
         });
         let mut seen = HashSet::new();
         for (name, node) in &entries {
@@ -427,7 +439,6 @@ impl Core {
                 ino: child,
                 kind,
                 name: name.clone(),
-                node: Some(node.clone()),
             });
         }
         for (name, child, kind) in t.local_children(&dir) {
@@ -436,7 +447,6 @@ impl Core {
                     ino: child,
                     kind,
                     name,
-                    node: None,
                 });
             }
         }
@@ -444,7 +454,7 @@ impl Core {
         let fh = self.new_fh();
         let snapshot = DirSnapshot {
             dir,
-            at: listing.at,
+            listing,
             entries: out,
         };
         self.dir_handles

@@ -657,6 +657,27 @@ async fn ls_l_over_bare_listings_asks_nothing_per_file() {
     }
 }
 
+/// READDIRPLUS hands the kernel an inode for every entry, even one whose
+/// idle inode was pruned (huge directories) between opendir and readdir.
+#[tokio::test]
+async fn readdirplus_entries_survive_pruning() {
+    let f = fixture(Duration::from_secs(60));
+    for i in 0..5 {
+        f.store.insert(&format!("d/f{i}"), b"abc");
+    }
+    let dir = f.core.lookup(ROOT_INO, os("d")).await.unwrap().ino;
+    let fh = f.core.opendir(dir).await.unwrap();
+    let snapshot = f.core.readdir(fh).unwrap();
+    f.core.inodes.lock().unwrap().prune();
+    for e in snapshot.entries.iter().filter(|e| !e.name.starts_with('.')) {
+        let attr = f.core.lookup_listed(&snapshot, e).unwrap();
+        assert_eq!(attr.size, 3);
+        // The kernel now holds this inode: it answers getattr.
+        assert_eq!(f.core.getattr(attr.ino).await.unwrap().size, 3);
+    }
+    f.core.releasedir(fh);
+}
+
 #[tokio::test]
 async fn ls_l_over_bare_listings_stats_in_parallel_once_each() {
     let f = fixture_with(CoreConfig {
