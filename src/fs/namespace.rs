@@ -411,7 +411,9 @@ impl Core {
             return Err(FsError::NotDir);
         }
         let listing = self.listing(&dir).await?;
-        let entries = listing.entries.lock().unwrap().clone();
+        // Listings are locked before inodes (see `lookup_listed`); no copy
+        // of a huge listing is made.
+        let entries = listing.entries.lock().unwrap();
         let mut out = Vec::with_capacity(entries.len() + 2);
         let attrs_known = self.store.listing_has_attrs();
         let mut t = self.inodes.lock().unwrap();
@@ -429,12 +431,10 @@ impl Core {
             kind: Kind::Dir,
             name: "..".into(),
         });
-        let mut seen = HashSet::new();
-        for (name, node) in &entries {
+        for (name, node) in entries.iter() {
             let path = join_key(&dir, name);
             let child = t.upsert_listed(&path, node, listing.at, attrs_known);
             let kind = t.get(child).map(|i| i.kind).unwrap_or(kind_of(node));
-            seen.insert(name.clone());
             out.push(DirEntry {
                 ino: child,
                 kind,
@@ -442,7 +442,7 @@ impl Core {
             });
         }
         for (name, child, kind) in t.local_children(&dir) {
-            if seen.insert(name.clone()) {
+            if !entries.contains_key(&name) {
                 out.push(DirEntry {
                     ino: child,
                     kind,
@@ -450,6 +450,7 @@ impl Core {
                 });
             }
         }
+        drop(entries);
         drop(t);
         let fh = self.new_fh();
         let snapshot = DirSnapshot {

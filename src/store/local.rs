@@ -26,7 +26,9 @@ use super::{
 
 /// Names the store uses for its own temporary files; never shown as keys.
 const TMP_PREFIX: &str = ".mediafs-tmp.";
-const PAGE_SIZE: usize = 1000;
+/// Entries per listing page: a page costs a pass over the directory's names
+/// and a stat of its own entries, so large pages keep huge directories linear.
+const PAGE_SIZE: usize = 10_000;
 const READ_CHUNK: usize = 256 * 1024;
 
 pub struct LocalStore {
@@ -194,7 +196,8 @@ fn remove_if_abandoned(path: &Path) {
 }
 
 /// One level of `dir`, sorted by name, skipping what cannot be a key.
-fn read_level(dir: &Path, prefix: &str) -> StoreResult<Vec<(String, Metadata)>> {
+/// The names in `dir` that can be shown, sorted, without their metadata.
+fn level_names(dir: &Path, prefix: &str) -> StoreResult<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -212,19 +215,33 @@ fn read_level(dir: &Path, prefix: &str) -> StoreResult<Vec<(String, Metadata)>> 
             remove_if_abandoned(&entry.path());
             continue;
         }
-        if !valid_name(&name) {
-            continue;
-        }
-        // A file removed between readdir and stat is simply not listed.
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
-        if meta.is_file() || meta.is_dir() {
-            out.push((name, meta));
+        if valid_name(&name) {
+            out.push(name);
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_unstable();
     Ok(out)
+}
+
+/// Files and directories among `names` of `dir`, with their metadata.
+fn stat_names<'a>(
+    dir: &Path,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Vec<(&'a String, Metadata)> {
+    names
+        .into_iter()
+        // A file removed between readdir and stat is simply not listed.
+        .filter_map(|name| Some((name, dir.join(name).symlink_metadata().ok()?)))
+        .filter(|(_, meta)| meta.is_file() || meta.is_dir())
+        .collect()
+}
+
+fn read_level(dir: &Path, prefix: &str) -> StoreResult<Vec<(String, Metadata)>> {
+    let names = level_names(dir, prefix)?;
+    Ok(stat_names(dir, &names)
+        .into_iter()
+        .map(|(n, m)| (n.clone(), m))
+        .collect())
 }
 
 fn walk_files(dir: &Path, key: &str, out: &mut Vec<ObjectMeta>) -> StoreResult<()> {
@@ -361,22 +378,25 @@ impl Store for LocalStore {
                 walk_files(&dir, &dir_key, &mut page.files)?;
                 return Ok(page);
             }
-            let level = read_level(&dir, &dir_key)?;
+            // Names only for the whole directory, metadata for this page's
+            // names only: each page costs one readdir pass, not a stat of
+            // every entry.
+            let names = level_names(&dir, &dir_key)?;
             let start = match &token {
-                Some(t) => level.partition_point(|(n, _)| n.as_str() <= t.as_str()),
+                Some(t) => names.partition_point(|n| n.as_str() <= t.as_str()),
                 None => 0,
             };
-            let end = (start + PAGE_SIZE).min(level.len());
-            for (name, meta) in &level[start..end] {
+            let end = (start + PAGE_SIZE).min(names.len());
+            for (name, meta) in stat_names(&dir, &names[start..end]) {
                 let key = join_key(&dir_key, name);
                 if meta.is_dir() {
-                    page.dirs.push(dir_meta(&key, meta));
+                    page.dirs.push(dir_meta(&key, &meta));
                 } else {
-                    page.files.push(object_meta(&key, meta));
+                    page.files.push(object_meta(&key, &meta));
                 }
             }
-            if end < level.len() {
-                page.next = Some(level[end - 1].0.clone());
+            if end < names.len() {
+                page.next = Some(names[end - 1].clone());
             }
             Ok(page)
         })
