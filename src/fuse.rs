@@ -223,6 +223,9 @@ impl Filesystem for MediaFs {
         {
             self.core.enable_passthrough();
         }
+        // Opens of a new version bypass the page cache (see OpenReply);
+        // mmap of them must still work.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -755,7 +758,7 @@ struct Registered {
 
 /// Answer an open, registering a backing file for a passthrough open.
 fn reply_open(core: &Core, kernel: &KernelNotifier, r: ReplyOpen, o: OpenReply) {
-    let flags = if o.keep_cache {
+    let mut flags = if o.keep_cache {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
         // Before the reply, so the opener's first fstat or read already
@@ -763,6 +766,9 @@ fn reply_open(core: &Core, kernel: &KernelNotifier, r: ReplyOpen, o: OpenReply) 
         kernel.forget_attrs(o.ino);
         FopenFlags::empty()
     };
+    if o.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
+    }
     let Some(pt) = o.passthrough else {
         return r.opened(FileHandle(o.fh), flags);
     };

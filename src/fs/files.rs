@@ -40,6 +40,8 @@ pub struct OpenReply {
     /// the file since the kernel's last lookup), and the kernel clamps reads
     /// and reports fstat sizes by them.
     pub keep_cache: bool,
+    /// Reads bypass the kernel's page cache (FOPEN_DIRECT_IO).
+    pub direct_io: bool,
     /// Let the kernel read a local file directly (FUSE passthrough).
     pub passthrough: Option<PassthroughOpen>,
 }
@@ -153,6 +155,7 @@ impl Core {
                 ino,
                 fh,
                 keep_cache: false,
+                direct_io: false,
                 passthrough: None,
             });
         }
@@ -174,6 +177,7 @@ impl Core {
                 ino,
                 fh,
                 keep_cache: false,
+                direct_io: false,
                 passthrough: None,
             });
         }
@@ -235,15 +239,25 @@ impl Core {
         source: ReadSource,
         passthrough: Option<PassthroughOpen>,
     ) -> OpenReply {
-        let keep_cache = {
+        // The kernel keeps one page cache per inode, shared by all its
+        // opens: pages one reader brought in serve the others. A version
+        // other than the one the kernel last opened is therefore read past
+        // the page cache (direct I/O) while other opens of the inode may be
+        // reading an older one, and always when passthrough is on (hot
+        // files are served by passthrough then; these are first reads).
+        let (keep_cache, direct_io) = {
             let mut t = self.inodes.lock().unwrap();
             match t.get_mut(ino) {
+                _ if passthrough.is_some() => (false, false),
                 Some(i) => {
                     let same = i.kernel_version.as_deref() == Some(meta.version.as_str());
-                    i.kernel_version = Some(meta.version.clone());
-                    same
+                    let direct = self.passthrough_enabled() || (!same && i.open > 0);
+                    if !direct {
+                        i.kernel_version = Some(meta.version.clone());
+                    }
+                    (same && !direct, direct)
                 }
-                None => false,
+                None => (false, true),
             }
         };
         let fh = self.register(
@@ -254,6 +268,7 @@ impl Core {
             ino,
             fh,
             keep_cache,
+            direct_io,
             passthrough,
         }
     }
@@ -471,6 +486,7 @@ impl Core {
                 ino,
                 fh,
                 keep_cache: false,
+                direct_io: false,
                 passthrough: None,
             },
         ))

@@ -96,7 +96,7 @@ impl Core {
             .store(self.cfg.passthrough, Ordering::Release);
     }
 
-    fn passthrough_enabled(&self) -> bool {
+    pub(crate) fn passthrough_enabled(&self) -> bool {
         self.passthrough.load(Ordering::Acquire)
     }
 
