@@ -51,6 +51,7 @@ impl KernelNotifier {
 impl MediaFs {
     pub fn new(core: Arc<Core>, rt: Runtime) -> Self {
         let ttl = core.config().ttl;
+        core.set_runtime(rt.clone());
         MediaFs {
             core,
             rt,

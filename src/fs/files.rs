@@ -220,6 +220,7 @@ impl Core {
         } else {
             ReadSource::Cached(self.cache.probe_entry(&meta)?)
         };
+        self.refresh_ahead(ino);
         let cached = match &source {
             ReadSource::Cached(f) => Some(f),
             _ => None,

@@ -42,6 +42,8 @@ pub struct Inode {
     pub unlinked: bool,
     /// The version whose bytes the kernel page cache may hold (FOPEN_KEEP_CACHE).
     pub kernel_version: Option<String>,
+    /// A background revalidation is running (`Core::refresh_ahead`).
+    pub refreshing: bool,
     /// Opens served through us, and opens served by FUSE passthrough (see
     /// `fs::passthrough`), with the version and backing file of the latter.
     pub io_plain: u32,
@@ -146,6 +148,7 @@ impl InodeTable {
             local_only: false,
             unlinked: false,
             kernel_version: None,
+            refreshing: false,
             io_plain: 0,
             io_passthrough: 0,
             pt_version: None,

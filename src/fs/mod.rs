@@ -124,6 +124,8 @@ impl Handle {
 }
 
 pub struct Core {
+    /// Ourselves, for background work started from a request.
+    me: std::sync::Weak<Core>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cache: Arc<DiskCache>,
     pub(crate) cfg: CoreConfig,
@@ -145,6 +147,7 @@ pub struct Core {
     pub(crate) passthrough: std::sync::atomic::AtomicBool,
     /// Backing files registered with the kernel and not yet closed.
     backing_files: Arc<passthrough::BackingCount>,
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// While the store is unreachable: when to ask it again. Until then what
     /// we last knew is served (see `outage`).
     store_retry_at: Mutex<Option<Instant>>,
@@ -172,7 +175,8 @@ impl Core {
         }
         // moka rejects a zero TTL; with TTL 0 nothing is ever inserted anyway.
         let ttl = cfg.ttl.max(Duration::from_millis(1));
-        Ok(Arc::new(Core {
+        Ok(Arc::new_cyclic(|me| Core {
+            me: me.clone(),
             store,
             cache,
             missing: moka::sync::Cache::builder()
@@ -194,6 +198,7 @@ impl Core {
             uploads_done: Notify::new(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing_files: Default::default(),
+            runtime: Default::default(),
             store_retry_at: Mutex::new(None),
         }))
     }
@@ -244,6 +249,50 @@ impl Core {
 
     fn fresh(&self, at: Instant) -> bool {
         at.elapsed() < self.cfg.ttl
+    }
+
+    /// Revalidate a hot file in the background once most of its TTL has
+    /// passed, so the opens that keep coming find it fresh instead of each
+    /// waiting for the store in turn (a web server's workers would). The
+    /// promise is unchanged: what is served was confirmed by the store
+    /// within the TTL.
+    pub(crate) fn refresh_ahead(&self, ino: u64) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current()
+            .or_else(|_| self.runtime.get().cloned().ok_or(()))
+        else {
+            return;
+        };
+        let path = {
+            let mut t = self.inodes.lock().unwrap();
+            let Some(i) = t.get_mut(ino) else { return };
+            if i.refreshing
+                || i.has_local_state()
+                || i.validated.elapsed() < self.cfg.ttl * 3 / 4
+                || self.store_down()
+            {
+                return;
+            }
+            i.refreshing = true;
+            i.path.clone()
+        };
+        rt.spawn(async move {
+            let result = me.store.head(&path).await;
+            me.note_store(&result);
+            // Gone or failing: left to the next open past the TTL.
+            if let Ok(Some(meta)) = result {
+                me.record(&path, &Node::File(meta));
+            }
+            if let Some(i) = me.inodes.lock().unwrap().get_mut(ino) {
+                i.refreshing = false;
+            }
+        });
+    }
+
+    /// The runtime background work runs on (requests answered on FUSE
+    /// threads have none of their own).
+    pub fn set_runtime(&self, rt: tokio::runtime::Handle) {
+        let _ = self.runtime.set(rt);
     }
 
     pub(crate) fn new_fh(&self) -> u64 {

@@ -657,6 +657,39 @@ async fn ls_l_over_bare_listings_asks_nothing_per_file() {
     }
 }
 
+/// A hot file is revalidated in the background before its TTL runs out:
+/// the opens that keep coming never wait for the store, and a change in the
+/// store is still seen within the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_files_are_revalidated_ahead_of_their_ttl() {
+    let f = fixture(Duration::from_secs(1));
+    f.store.insert("hot.jpg", b"v1");
+    let ino = f.core.lookup(ROOT_INO, os("hot.jpg")).await.unwrap().ino;
+    assert_eq!(f.read_all(ino).await.unwrap(), b"v1");
+    let open_known = |f: &Fixture| {
+        let o = f.core.open_known(ino, libc::O_RDONLY)?.ok()?;
+        f.core.release_reader(o.fh);
+        Some(())
+    };
+    // Opens every 100 ms for 3 s (three TTLs): all answered from what is
+    // known, the store asked in the background about once per TTL (from
+    // 750 ms on: a quarter of the TTL is left for the answer).
+    let asked = f.store.meta_requests.load(Ordering::Relaxed);
+    for _ in 0..30 {
+        assert!(open_known(&f).is_some(), "a hot file stays fresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refreshes = f.store.meta_requests.load(Ordering::Relaxed) - asked;
+    assert!(
+        (2..=6).contains(&refreshes),
+        "{refreshes} background checks"
+    );
+    // A change in the store shows within the TTL.
+    f.store.insert("hot.jpg", b"v2");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(f.read_all(ino).await.unwrap(), b"v2");
+}
+
 /// READDIRPLUS hands the kernel an inode for every entry, even one whose
 /// idle inode was pruned (huge directories) between opendir and readdir.
 #[tokio::test]
