@@ -52,13 +52,13 @@ const OPEN_RETRIES: usize = 3;
 impl Core {
     /// The store version of a file, revalidated if older than the TTL.
     async fn current_object(&self, ino: u64) -> FsResult<Option<ObjectMeta>> {
-        let (path, stale) = {
+        let (path, stale, since) = {
             let t = self.inodes.lock().unwrap();
             let i = t.get(ino).ok_or(FsError::NotFound)?;
             if i.has_local_state() || self.fresh(i.validated) {
                 return Ok(i.object.clone());
             }
-            (i.path.clone(), i.object.clone())
+            (i.path.clone(), i.object.clone(), t.epoch())
         };
         // The store is down: the version we knew is the best answer there is
         // (its bytes may well be in the disk cache).
@@ -76,7 +76,16 @@ impl Core {
                 if stale.as_ref().is_some_and(|s| s.version != meta.version) {
                     tracing::debug!(key = %path, "changed in the store; will read the new version");
                 }
-                self.record(&path, &crate::store::Node::File(meta.clone()));
+                let mut t = self.inodes.lock().unwrap();
+                if t.answer_outdated(&path, since) {
+                    // We changed it meanwhile: ours is newer.
+                    return Ok(t.get(ino).and_then(|i| i.object.clone()));
+                }
+                t.upsert(
+                    &path,
+                    &crate::store::Node::File(meta.clone()),
+                    Instant::now(),
+                );
                 Ok(Some(meta))
             }
             None => {
@@ -101,6 +110,27 @@ impl Core {
                 Instant::now(),
             );
         }
+    }
+
+    /// While the store is down: the previous version of a file whose
+    /// current version (learnt just before the outage) has no bytes here,
+    /// if the previous one's are in the disk cache. A whole older version
+    /// beats an error for a web page, as stale metadata does in an outage.
+    fn previous_while_down(
+        &self,
+        ino: u64,
+        current: &ObjectMeta,
+    ) -> Option<(ObjectMeta, ReadSource)> {
+        if !self.store_down() || self.cache.contains(current) {
+            return None;
+        }
+        let previous = self.inodes.lock().unwrap().get(ino)?.previous.clone()?;
+        let file = self.cache.open_entry(&previous)?;
+        tracing::warn!(
+            key = %current.key,
+            "store unreachable and the current version not cached; serving the previous version"
+        );
+        Some((previous, ReadSource::Cached(file)))
     }
 
     /// Forget a version that turned out to be outdated, so the next look asks
@@ -185,12 +215,18 @@ impl Core {
         let (meta, source) = loop {
             attempt += 1;
             let meta = self.current_object(ino).await?.ok_or(FsError::NotFound)?;
+            if let Some(older) = self.previous_while_down(ino, &meta) {
+                break older;
+            }
             match self.source_for(&meta).await {
                 Ok(source) => break (meta, source),
                 Err(FsError::Stale) if attempt < OPEN_RETRIES => {
                     self.mark_stale(ino);
                 }
-                Err(e) => return Err(e),
+                Err(e) => match self.previous_while_down(ino, &meta) {
+                    Some(older) => break older,
+                    None => return Err(e),
+                },
             }
         };
         let cached = match &source {
@@ -320,7 +356,11 @@ impl Core {
             }
             Err(e) => return Err(e.into()),
         };
-        match dl.started().await {
+        let started = dl.started().await;
+        if let Err(DownloadError::Store(e)) = &started {
+            self.note_store::<()>(&Err(e.clone()));
+        }
+        match started {
             Ok(()) => {
                 // The GET brought the object's own attributes (modes,
                 // owner, mtime), which a listing lacks on S3 and Swift.
@@ -640,6 +680,7 @@ impl Core {
                 tracing::debug!(key = %path, version = %meta.version, "uploaded");
                 staged.set_dirty(false);
                 let mut t = self.inodes.lock().unwrap();
+                t.note_change(&path);
                 if let Some(i) = t.get_mut(ino) {
                     i.local_only = false;
                     i.kernel_version = Some(meta.version.clone());
@@ -832,6 +873,9 @@ impl Core {
                 self.cache.rekey(old, new);
             }
             let mut t = self.inodes.lock().unwrap();
+            if let Some(path) = t.get(ino).map(|i| i.path.clone()) {
+                t.note_change(&path);
+            }
             if let (Some(i), Some(new)) = (t.get_mut(ino), new) {
                 if i.kernel_version.as_ref() == object.as_ref().map(|o| &o.version) {
                     i.kernel_version = Some(new.version.clone());

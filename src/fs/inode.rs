@@ -23,6 +23,9 @@ pub struct Inode {
     pub kind: Kind,
     /// What the store holds for this file (None: not in the store yet).
     pub object: Option<ObjectMeta>,
+    /// The version before `object`, whose bytes may still be in the disk
+    /// cache: served when the store is down before the new one was fetched.
+    pub previous: Option<ObjectMeta>,
     /// Attributes as the store knows them, with our own changes on top.
     pub attrs: Attrs,
     /// `attrs` came from the object itself, not from a listing without them.
@@ -88,6 +91,9 @@ impl Inode {
         match node {
             Node::File(m) => {
                 self.modified = self.attrs.mtime.unwrap_or(m.modified);
+                if !same {
+                    self.previous = self.object.take();
+                }
                 self.object = Some(m.clone());
             }
             Node::Dir(d) => {
@@ -111,6 +117,14 @@ pub struct InodeTable {
     by_ino: HashMap<u64, Inode>,
     by_path: HashMap<String, u64>,
     next: u64,
+    /// Counts this host's own changes to names and files; a store answer
+    /// asked for before a change to its path must not undo it (a HEAD sent
+    /// before a rename over the name, answered after it).
+    epoch: u64,
+    changed: HashMap<String, u64>,
+    /// Answers asked for before this epoch are refused for every path
+    /// (`changed` is cleared when it grows large).
+    changed_floor: u64,
 }
 
 impl Default for InodeTable {
@@ -125,6 +139,9 @@ impl InodeTable {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
             next: ROOT_INO + 1,
+            epoch: 0,
+            changed: HashMap::new(),
+            changed_floor: 0,
         };
         let root = t.blank(ROOT_INO, String::new(), Kind::Dir);
         t.by_ino.insert(ROOT_INO, root);
@@ -138,6 +155,7 @@ impl InodeTable {
             path,
             kind,
             object: None,
+            previous: None,
             attrs: Attrs::default(),
             attrs_known: true,
             modified: SystemTime::now(),
@@ -211,8 +229,41 @@ impl InodeTable {
         ino
     }
 
+    /// The epoch to note before asking the store about a path (see
+    /// `answer_outdated`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// This host changed `path` (created, replaced, renamed, removed,
+    /// uploaded or changed its attributes).
+    pub fn note_change(&mut self, path: &str) {
+        self.epoch += 1;
+        if self.changed.len() >= CHANGED_PATHS_KEPT {
+            self.changed.clear();
+            self.changed_floor = self.epoch;
+        }
+        self.changed.insert(path.to_string(), self.epoch);
+    }
+
+    /// A store answer about `path` asked for at `since` predates one of our
+    /// own changes to it: what we hold is newer.
+    pub fn answer_outdated(&self, path: &str, since: u64) -> bool {
+        since < self.changed_floor || self.changed.get(path).is_some_and(|&e| e > since)
+    }
+
+    /// As `upsert`, unless the answer was asked for before our own change to
+    /// `path`; then the inode now at `path`, if any.
+    pub fn upsert_since(&mut self, path: &str, node: &Node, since: u64) -> Option<u64> {
+        if self.answer_outdated(path, since) {
+            return self.by_path.get(path).copied();
+        }
+        Some(self.upsert(path, node, Instant::now()))
+    }
+
     /// A new file or directory made here.
     pub fn insert_local(&mut self, path: &str, kind: Kind, attrs: Attrs) -> u64 {
+        self.note_change(path);
         self.detach(path);
         let ino = self.next;
         self.next += 1;
@@ -226,6 +277,7 @@ impl InodeTable {
 
     /// Take `path` out of the namespace; the inode lives on while referenced.
     pub fn detach(&mut self, path: &str) {
+        self.note_change(path);
         if let Some(ino) = self.by_path.remove(path)
             && let Some(inode) = self.by_ino.get_mut(&ino)
         {
@@ -247,6 +299,8 @@ impl InodeTable {
         for (old, ino) in moved {
             self.by_path.remove(&old);
             let new = format!("{to}{}", &old[from.len()..]);
+            self.note_change(&old);
+            self.note_change(&new);
             if let Some(inode) = self.by_ino.get_mut(&ino) {
                 inode.path = new.clone();
                 if let Some(obj) = &mut inode.object {
@@ -322,6 +376,10 @@ impl InodeTable {
     }
 }
 
+/// Our own recent changes remembered by path (then all answers asked for
+/// before the oldest forgotten one are refused).
+const CHANGED_PATHS_KEPT: usize = 4096;
+
 /// Inodes the kernel no longer references are kept up to this many (about
 /// 50 MiB), then dropped by `prune`.
 const KEEP_IDLE: usize = 100_000;
@@ -379,5 +437,37 @@ mod tests {
         t.prune();
         assert!(t.get(b).is_none());
         assert!(t.get(ROOT_INO).is_some());
+    }
+
+    /// A store answer asked for before our own change to a path (a HEAD
+    /// sent before a rename over the name, answered after it) is not taken.
+    #[test]
+    fn answers_older_than_our_changes_are_refused() {
+        let mut t = InodeTable::new();
+        let old = Node::File(ObjectMeta {
+            key: "a.jpg".into(),
+            size: 3,
+            version: "old".into(),
+            modified: SystemTime::UNIX_EPOCH,
+            attrs: Attrs::default(),
+        });
+        t.upsert("a.jpg", &old, Instant::now());
+        let since = t.epoch();
+        // Meanwhile: a new file renamed over a.jpg.
+        let tmp = t.insert_local("tmp", Kind::File, Attrs::default());
+        t.rename("tmp", "a.jpg");
+        assert_eq!(t.upsert_since("a.jpg", &old, since), Some(tmp));
+        assert!(
+            t.get(tmp).unwrap().object.is_none(),
+            "not replaced by the old answer"
+        );
+        // Meanwhile: removed here; the late answer does not bring it back.
+        let since = t.epoch();
+        t.detach("a.jpg");
+        assert_eq!(t.upsert_since("a.jpg", &old, since), None);
+        assert!(t.by_path("a.jpg").is_none());
+        // An answer asked for after the change is taken.
+        let since = t.epoch();
+        assert!(t.upsert_since("a.jpg", &old, since).is_some());
     }
 }

@@ -690,6 +690,27 @@ async fn hot_files_are_revalidated_ahead_of_their_ttl() {
     assert_eq!(f.read_all(ino).await.unwrap(), b"v2");
 }
 
+/// The store goes down after this host learnt of a new version but before
+/// it fetched it: the previous version, still cached, is served (whole),
+/// not an error; once the store is back the new one is.
+#[tokio::test]
+async fn store_down_before_a_new_version_is_fetched_serves_the_previous() {
+    let f = fixture(Duration::from_millis(50));
+    f.store.insert("a.jpg", b"old bytes");
+    let a = f.core.lookup(ROOT_INO, os("a.jpg")).await.unwrap().ino;
+    assert_eq!(f.read_all(a).await.unwrap(), b"old bytes");
+    f.store.insert("a.jpg", b"new bytes, longer");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A revalidation learns the new version; its bytes are not fetched.
+    assert_eq!(f.core.getattr(a).await.unwrap().size, 17);
+    f.store.down.store(true, Ordering::Relaxed);
+    assert_eq!(f.read_all(a).await.unwrap(), b"old bytes");
+    assert_eq!(f.read_all(a).await.unwrap(), b"old bytes");
+    f.store.down.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    assert_eq!(f.read_all(a).await.unwrap(), b"new bytes, longer");
+}
+
 /// READDIRPLUS hands the kernel an inode for every entry, even one whose
 /// idle inode was pruned (huge directories) between opendir and readdir.
 #[tokio::test]
