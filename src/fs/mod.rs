@@ -263,8 +263,9 @@ impl Core {
         else {
             return;
         };
-        let path = {
+        let (path, since) = {
             let mut t = self.inodes.lock().unwrap();
+            let epoch = t.epoch();
             let Some(i) = t.get_mut(ino) else { return };
             if i.refreshing
                 || i.has_local_state()
@@ -274,14 +275,17 @@ impl Core {
                 return;
             }
             i.refreshing = true;
-            i.path.clone()
+            (i.path.clone(), epoch)
         };
         rt.spawn(async move {
             let result = me.store.head(&path).await;
             me.note_store(&result);
             // Gone or failing: left to the next open past the TTL.
             if let Ok(Some(meta)) = result {
-                me.record(&path, &Node::File(meta));
+                me.inodes
+                    .lock()
+                    .unwrap()
+                    .upsert_since(&path, &Node::File(meta), since);
             }
             if let Some(i) = me.inodes.lock().unwrap().get_mut(ino) {
                 i.refreshing = false;
@@ -403,6 +407,7 @@ impl Core {
         {
             return Ok(a);
         }
+        let since = self.inodes.lock().unwrap().epoch();
         let result = match self.listed_stat(&path) {
             Some(stat) => stat.await,
             None => self.store.stat(&path).await,
@@ -413,15 +418,13 @@ impl Core {
             r => r?,
         };
         let mut t = self.inodes.lock().unwrap();
-        let inode = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        let outdated = t.answer_outdated(&path, since);
+        let inode = t.get(ino).ok_or(FsError::NotFound)?;
         match node {
+            // Changed here while the store was asked: ours is newer.
+            _ if outdated => Ok(self.attr_of(inode)),
             Some(node) if inode::kind_of(&node) == inode.kind && inode.path == path => {
-                drop(t);
-                self.inodes
-                    .lock()
-                    .unwrap()
-                    .upsert(&path, &node, Instant::now());
-                let t = self.inodes.lock().unwrap();
+                t.upsert(&path, &node, Instant::now());
                 Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
             }
             // Gone from the store (or replaced by another kind): an open file
@@ -479,14 +482,6 @@ impl Core {
 
     pub fn uploads_in_flight(&self) -> usize {
         self.uploads.load(Ordering::Acquire)
-    }
-
-    /// Answer from what the store says is at `path`, recording it.
-    pub(crate) fn record(&self, path: &str, node: &Node) -> u64 {
-        self.inodes
-            .lock()
-            .unwrap()
-            .upsert(path, node, Instant::now())
     }
 }
 

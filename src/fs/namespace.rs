@@ -189,6 +189,7 @@ impl Core {
         {
             return Ok(ino);
         }
+        let since = self.inodes.lock().unwrap().epoch();
         let result = match self.listed_stat(path) {
             Some(stat) => stat.await,
             None => self.stat_for_lookup(path).await,
@@ -199,7 +200,14 @@ impl Core {
             r => r?,
         };
         match node {
-            Some(node) => Ok(self.record(path, &node)),
+            Some(node) => {
+                let mut t = self.inodes.lock().unwrap();
+                t.upsert_since(path, &node, since).ok_or(FsError::NotFound)
+            }
+            None if self.inodes.lock().unwrap().answer_outdated(path, since) => {
+                // Made here meanwhile: ask what we know now.
+                self.resolve_known(path).unwrap_or(Err(FsError::NotFound))
+            }
             None => {
                 if self.caching() {
                     self.missing.insert(path.to_string(), ());
