@@ -555,15 +555,26 @@ fn table_prefix_and_magento1_names() {
         .enable_all()
         .build()
         .unwrap();
-    let row: Option<(String, Vec<u8>)> = rt.block_on(async {
+    let (row, entry): (Option<(String, Vec<u8>)>, Option<u64>) = rt.block_on(async {
         let mut c = connect(&db).await;
-        c.query_first(
-            "SELECT directory, content FROM mg_core_file_storage WHERE filename = 'm1.gif'",
-        )
-        .await
-        .unwrap()
+        let row = c
+            .query_first(
+                "SELECT directory, content FROM mg_core_file_storage WHERE filename = 'm1.gif'",
+            )
+            .await
+            .unwrap();
+        // The side table goes by the same prefix, and by Magento 1's name.
+        let entry = c
+            .query_first(
+                "SELECT m.size FROM mg_mediafs_core_file_meta m \
+                 JOIN mg_core_file_storage f USING (file_id) WHERE f.filename = 'm1.gif'",
+            )
+            .await
+            .unwrap();
+        (row, entry)
     });
     assert_eq!(row, Some(("media".to_string(), b"gif".to_vec())));
+    assert_eq!(entry, Some(3));
     // Without the options, the mount says which tables it could not find.
     let out = Command::new(BIN)
         .args(["mount", &db_url(&db).display()])
@@ -646,5 +657,438 @@ fn database_down_cached_files_still_read_the_rest_fails_fast() {
         start.elapsed() < Duration::from_secs(30),
         "fails fast: {:?}",
         start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// mediafs's side table of sizes and MD5s (issue 13): listings read it instead
+// of every blob.
+
+const META: &str = "mediafs_file_meta";
+
+/// Statements as the server's root (over the socket: root authenticates by
+/// unix user), for what the test user may not do itself: users and grants.
+fn root_sql(stmts: &str) {
+    let sock = server().datadir.join("mysqld.sock");
+    let out = Command::new("mariadb")
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", sock.display()))
+        .args(["-uroot", "-e", stmts])
+        .output()
+        .expect("run the mariadb client");
+    assert!(
+        out.status.success(),
+        "{stmts}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rows written straight into `dir` the way Magento's saveFile writes them,
+/// many per statement; returns their file_ids by name.
+async fn magento_bulk(
+    c: &mut mysql_async::Conn,
+    dir: &str,
+    files: &[(String, Vec<u8>)],
+    time: &str,
+) -> std::collections::BTreeMap<String, u32> {
+    let dir_id = magento_mkdir_p(c, dir).await;
+    for chunk in files.chunks(50) {
+        let marks = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut params: Vec<mysql_async::Value> = Vec::new();
+        for (name, data) in chunk {
+            params.extend([
+                data.clone().into(),
+                time.into(),
+                name.clone().into(),
+                dir_id.into(),
+                dir.into(),
+            ]);
+        }
+        c.exec_drop(
+            format!(
+                "INSERT INTO {FILES} (content, upload_time, filename, directory_id, directory) \
+                 VALUES {marks}"
+            ),
+            params,
+        )
+        .await
+        .unwrap();
+    }
+    let rows: Vec<(String, u32)> = c
+        .exec(
+            format!("SELECT filename, file_id FROM {FILES} WHERE directory = ?"),
+            (dir,),
+        )
+        .await
+        .unwrap();
+    rows.into_iter().collect()
+}
+
+/// `ls -l`: every entry's size, from readdir and an lstat of each name.
+fn ls_l(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+/// The side table: file_id -> (upload_time, size, md5, first_hashed, last_hashed).
+type Entries = std::collections::BTreeMap<u32, (i64, u64, String, i64, i64)>;
+
+async fn side_entries(c: &mut mysql_async::Conn) -> Entries {
+    let rows: Vec<(u32, i64, u64, String, i64, i64)> = c
+        .query(format!(
+            "SELECT file_id, upload_time, size, md5, first_hashed, last_hashed FROM {META}"
+        ))
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, t, s, m, f, l)| (id, (t, s, m, f, l)))
+        .collect()
+}
+
+/// The side table once `ok` holds of it (entries are written in the
+/// background); panics after 10 s.
+fn entries_when(ctx: &StoreCtx, ok: impl Fn(&Entries) -> bool) -> Entries {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = sql(ctx, async |c| side_entries(c).await);
+        if ok(&e) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "side table never as expected: {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bulk_files(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("img-{i:04}.jpg"), pattern(100 + i * 7, i as u64)))
+        .collect()
+}
+
+#[test]
+fn listing_takes_sizes_from_the_side_table_not_the_blobs() {
+    let ctx = mysql("side_listing");
+    // More than one page of the store's listing (1,000 rows).
+    let files = bulk_files(1_100);
+    let ids = sql(&ctx, async |c| {
+        magento_bulk(c, "catalog/bulk", &files, "2024-01-02 03:04:05").await
+    });
+    let expected: std::collections::BTreeMap<String, u64> = files
+        .iter()
+        .map(|(n, d)| (n.clone(), d.len() as u64))
+        .collect();
+    let m = ctx.mount();
+    // The first listing hashes each row once and records it (in the
+    // background, once the listing is answered).
+    assert_eq!(ls_l(&m.path("catalog/bulk")), expected);
+    let first = entries_when(&ctx, |e| e.len() == 1_100);
+    let md5s: std::collections::BTreeMap<u32, String> = sql(&ctx, async |c| {
+        let rows: Vec<(u32, String)> = c
+            .query(format!("SELECT file_id, MD5(content) FROM {FILES}"))
+            .await
+            .unwrap();
+        rows.into_iter().collect()
+    });
+    for (name, data) in &files {
+        let e = &first[&ids[name]];
+        assert_eq!((e.0, e.1), (1_704_164_645, data.len() as u64), "{name}");
+        assert_eq!(e.2, md5s[&ids[name]], "{name}");
+    }
+
+    // One entry made wrong on purpose: the listing shows what the side table
+    // says, so it read the table, not the blob.
+    let victim = ids["img-0007.jpg"];
+    let real = files[7].1.len() as u64;
+    sql(&ctx, async |c| {
+        c.exec_drop(
+            format!("UPDATE {META} SET size = size + 1000 WHERE file_id = ?"),
+            (victim,),
+        )
+        .await
+        .unwrap();
+    });
+    ctx.wait(); // past the TTL, and at least a second after the first hashes
+    let mut lied = expected.clone();
+    lied.insert("img-0007.jpg".into(), real + 1000);
+    assert_eq!(ls_l(&m.path("catalog/bulk")), lied);
+    // A fresh mount (empty cache) lists from the table too.
+    let other = ctx.mount();
+    assert_eq!(ls_l(&other.path("catalog/bulk")), lied);
+    drop(other);
+    // No row was hashed again: every entry is as the first listing left it.
+    let second = sql(&ctx, async |c| side_entries(c).await);
+    for (id, e) in &second {
+        let mut want = first[id].clone();
+        if *id == victim {
+            want.1 += 1000;
+        }
+        assert_eq!(*e, want, "file_id {id}");
+    }
+
+    // Opening the file after the TTL computes its metadata from the blob:
+    // the right bytes, the right size, and the entry corrected.
+    ctx.wait();
+    assert_eq!(
+        fs::read(m.path("catalog/bulk/img-0007.jpg")).unwrap(),
+        files[7].1
+    );
+    assert_eq!(
+        fs::metadata(m.path("catalog/bulk/img-0007.jpg"))
+            .unwrap()
+            .len(),
+        real
+    );
+    entries_when(&ctx, |e| e[&victim].1 == real);
+    ctx.wait();
+    assert_eq!(ls_l(&m.path("catalog/bulk")), expected);
+
+    // A few rows rewritten by Magento among many known ones: the listing
+    // reads just those blobs, by name, and records them.
+    let mut expected = expected;
+    sql(&ctx, async |c| {
+        for name in ["img-0010.jpg", "img-0500.jpg", "img-1099.jpg"] {
+            c.exec_drop(
+                format!("UPDATE {FILES} SET content = ?, upload_time = NOW() WHERE file_id = ?"),
+                (name.as_bytes().to_vec(), ids[name]),
+            )
+            .await
+            .unwrap();
+            expected.insert(name.to_string(), name.len() as u64);
+        }
+    });
+    ctx.wait();
+    assert_eq!(ls_l(&m.path("catalog/bulk")), expected);
+    entries_when(&ctx, |e| e[&ids["img-0500.jpg"]].1 == 12);
+
+    // Files written, copied and deleted through the mount keep their
+    // entries right, and a deleted file's entry goes with it.
+    fs::write(m.path("catalog/bulk/new.jpg"), b"new bytes").unwrap();
+    fs::copy(
+        m.path("catalog/bulk/img-0001.jpg"),
+        m.path("catalog/bulk/copy.jpg"),
+    )
+    .unwrap();
+    fs::remove_file(m.path("catalog/bulk/img-0002.jpg")).unwrap();
+    let (entries, now_ids) = sql(&ctx, async |c| {
+        let rows: Vec<(String, u32, u64)> = c
+            .query(format!(
+                "SELECT filename, file_id, LENGTH(content) FROM {FILES}"
+            ))
+            .await
+            .unwrap();
+        (side_entries(c).await, rows)
+    });
+    assert!(
+        !entries.contains_key(&ids["img-0002.jpg"]),
+        "deleted with its row"
+    );
+    for (name, id, len) in &now_ids {
+        if name == "new.jpg" || name == "copy.jpg" {
+            assert_eq!(entries[id].1, *len, "{name}");
+        }
+    }
+
+    // Magento deletes a row itself: the next mount drops its entry.
+    let gone = ids["img-0003.jpg"];
+    sql(&ctx, async |c| {
+        c.exec_drop(format!("DELETE FROM {FILES} WHERE file_id = ?"), (gone,))
+            .await
+            .unwrap();
+    });
+    let _again = ctx.mount();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            !sql(&ctx, async |c| side_entries(c).await).contains_key(&gone)
+        }),
+        "the orphaned entry is swept"
+    );
+}
+
+#[test]
+fn magento_rewrites_in_place_show_after_the_ttl() {
+    let ctx = mysql("side_rewrite");
+    let ids = sql(&ctx, async |c| {
+        let old = vec![("old.jpg".to_string(), b"old version".to_vec())];
+        let mut ids = magento_bulk(c, "wysiwyg", &old, "2024-01-02 03:04:05").await;
+        let archive = vec![
+            ("a.jpg".to_string(), b"a".to_vec()),
+            ("kept.jpg".to_string(), b"kept time".to_vec()),
+            ("z.jpg".to_string(), b"z".to_vec()),
+        ];
+        ids.extend(magento_bulk(c, "archive", &archive, "2024-01-02 03:04:05").await);
+        // Written just now, as Magento stamps its saves.
+        c.exec_drop(
+            format!(
+                "INSERT INTO {FILES} (content, upload_time, filename, directory_id, directory) \
+                 SELECT ?, NOW(), ?, directory_id, 'wysiwyg' FROM {DIRS} WHERE name = 'wysiwyg'"
+            ),
+            (b"fresh".to_vec(), "fresh.jpg"),
+        )
+        .await
+        .unwrap();
+        ids.insert("fresh.jpg".into(), c.last_insert_id().unwrap() as u32);
+        ids
+    });
+    let m = ctx.mount();
+    let sizes = |dir: &str, want: &[(&str, u64)]| {
+        let got = ls_l(&m.path(dir));
+        for (name, size) in want {
+            assert_eq!(got[*name], *size, "{name}: {got:?}");
+        }
+    };
+    sizes("wysiwyg", &[("old.jpg", 11), ("fresh.jpg", 5)]);
+    sizes("archive", &[("kept.jpg", 9)]);
+    for name in ["wysiwyg/old.jpg", "wysiwyg/fresh.jpg", "archive/kept.jpg"] {
+        fs::read(m.path(name)).unwrap(); // into the cache
+    }
+
+    sql(&ctx, async |c| {
+        // Magento's saveFile again: new content, a new upload_time.
+        c.exec_drop(
+            format!(
+                "UPDATE {FILES} SET content = ?, upload_time = NOW() + INTERVAL 1 SECOND \
+                 WHERE file_id = ?"
+            ),
+            (b"the new old version".to_vec(), ids["old.jpg"]),
+        )
+        .await
+        .unwrap();
+        // A second save within the same second as the first: upload_time
+        // unchanged. The entry is younger than SETTLE_SECS, so listings check it.
+        c.exec_drop(
+            format!("UPDATE {FILES} SET content = ?, upload_time = upload_time WHERE file_id = ?"),
+            (b"fresh, again".to_vec(), ids["fresh.jpg"]),
+        )
+        .await
+        .unwrap();
+    });
+    ctx.wait();
+    sizes("wysiwyg", &[("old.jpg", 19), ("fresh.jpg", 12)]);
+    assert_eq!(
+        fs::read(m.path("wysiwyg/old.jpg")).unwrap(),
+        b"the new old version"
+    );
+    assert_eq!(
+        fs::read(m.path("wysiwyg/fresh.jpg")).unwrap(),
+        b"fresh, again"
+    );
+
+    // The residual case: content changed under an old, settled entry with
+    // the upload_time kept, in a directory whose other rows are all known.
+    // Listings show the entry until a stat or open of that file after the
+    // TTL reads the blob, which corrects the entry.
+    sql(&ctx, async |c| {
+        c.exec_drop(
+            format!("UPDATE {FILES} SET content = ? WHERE file_id = ?"),
+            (b"kept time, new bytes".to_vec(), ids["kept.jpg"]),
+        )
+        .await
+        .unwrap();
+    });
+    ctx.wait();
+    sizes("archive", &[("kept.jpg", 9)]);
+    ctx.wait();
+    assert_eq!(
+        fs::read(m.path("archive/kept.jpg")).unwrap(),
+        b"kept time, new bytes"
+    );
+    ctx.wait();
+    sizes("archive", &[("kept.jpg", 20)]);
+    let other = ctx.mount();
+    assert_eq!(ls_l(&other.path("archive"))["kept.jpg"], 20);
+}
+
+#[test]
+fn without_the_create_privilege_listings_hash_and_the_log_says_why() {
+    let ctx = mysql("side_denied");
+    let db = db_of(&ctx);
+    // Made by the test's own store (whose user may): not there to begin with.
+    sql(&ctx, async |c| {
+        c.query_drop(format!("DROP TABLE {META}")).await.unwrap()
+    });
+    let user = "restricted";
+    root_sql(&format!(
+        "DROP USER IF EXISTS '{user}'@'127.0.0.1'; \
+         CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.{FILES} TO '{user}'@'127.0.0.1'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.{DIRS} TO '{user}'@'127.0.0.1';"
+    ));
+    let ids = sql(&ctx, async |c| {
+        magento_bulk(c, "media", &bulk_files(20), "2024-01-02 03:04:05").await
+    });
+    let url = format!("mysql://{user}@127.0.0.1:{}/{db}", server().port);
+    let spec = || {
+        MountSpec::new(url.clone())
+            .env("MEDIAFS_MYSQL_PASSWORD", PASSWORD)
+            .ttl(common::suite::TTL)
+    };
+    let m = spec().mount();
+    let want: std::collections::BTreeMap<String, u64> = bulk_files(20)
+        .into_iter()
+        .map(|(n, d)| (n, d.len() as u64))
+        .collect();
+    assert_eq!(ls_l(&m.path("media")), want);
+    fs::write(m.path("media/written.jpg"), b"through the mount").unwrap();
+    // As before the side table: a rewrite with the same upload_time shows
+    // in the next listing.
+    sql(&ctx, async |c| {
+        c.exec_drop(
+            format!("UPDATE {FILES} SET content = ? WHERE file_id = ?"),
+            (b"x".to_vec(), ids["img-0005.jpg"]),
+        )
+        .await
+        .unwrap();
+    });
+    ctx.wait();
+    let listed = ls_l(&m.path("media"));
+    assert_eq!(listed["img-0005.jpg"], 1);
+    assert_eq!(listed["written.jpg"], 17);
+    let log = m.unmount();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("side table") && l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warning.contains(META), "{warning}");
+    assert!(warning.contains("CREATE"), "{warning}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("side table") && l.contains("WARN"))
+            .count(),
+        1,
+        "one warning: {log}"
+    );
+    let exists: Option<String> = sql(&ctx, async |c| {
+        c.query_first(format!("SHOW TABLES LIKE '{META}'"))
+            .await
+            .unwrap()
+    });
+    assert_eq!(exists, None, "nothing was created");
+
+    // The grant the warning names (CREATE on just that table, before it
+    // exists): the next mount makes the table and uses it, without a warning.
+    root_sql(&format!(
+        "GRANT CREATE, SELECT, INSERT, UPDATE, DELETE ON `{db}`.{META} TO '{user}'@'127.0.0.1';"
+    ));
+    let m = spec().mount();
+    let listed = ls_l(&m.path("media"));
+    assert_eq!(listed["img-0005.jpg"], 1);
+    assert_eq!(listed.len(), 21);
+    entries_when(&ctx, |e| e.len() == 21);
+    let log = m.unmount();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("side table") && l.contains("WARN")),
+        "{log}"
     );
 }

@@ -145,16 +145,20 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The two tables, already quoted for SQL.
+/// The two tables, and mediafs's side table beside them (see `side.rs`),
+/// already quoted for SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
     pub files: String,
     pub dirs: String,
+    pub meta: String,
 }
 
 impl Tables {
     /// Magento 2's `media_storage_*` names, or Magento 1's `core_*_storage`,
-    /// after an optional prefix (letters, digits and `_` only).
+    /// after an optional prefix (letters, digits and `_` only). The side
+    /// table is `mediafs_file_meta` (Magento 1: `mediafs_core_file_meta`)
+    /// after the same prefix.
     pub fn new(prefix: &str, magento1: bool) -> Result<Self, String> {
         if !prefix
             .chars()
@@ -164,17 +168,23 @@ impl Tables {
                 "--table-prefix {prefix:?}: only letters, digits and _ are allowed"
             ));
         }
-        let (files, dirs) = if magento1 {
-            ("core_file_storage", "core_directory_storage")
+        let (files, dirs, meta) = if magento1 {
+            (
+                "core_file_storage",
+                "core_directory_storage",
+                "mediafs_core_file_meta",
+            )
         } else {
             (
                 "media_storage_file_storage",
                 "media_storage_directory_storage",
+                "mediafs_file_meta",
             )
         };
         Ok(Tables {
             files: format!("`{prefix}{files}`"),
             dirs: format!("`{prefix}{dirs}`"),
+            meta: format!("`{prefix}{meta}`"),
         })
     }
 }

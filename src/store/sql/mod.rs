@@ -9,17 +9,21 @@
 //! - Every change runs in one transaction (a rename of a directory tree
 //!   included), so no other host sees half of it. Deadlocks are retried.
 //! - The version of a file is its `upload_time`, length and MD5 (see
-//!   SEMANTICS.md).
+//!   SEMANTICS.md). Listings take length and MD5 from mediafs's side table
+//!   (`side.rs`) instead of reading every blob; a single file's are always
+//!   computed from its blob.
 //!
 //! Driver: `mysql_async` (see ARCHITECTURE.md for why).
 
 pub mod config;
 mod error;
 mod query;
+mod side;
 
 use std::future::Future;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +37,8 @@ use mysql_async::{
 use config::{MAX_DIR_CHARS, check_key, split_key};
 pub use config::{MysqlUrl, Tables};
 use error::{Res, db_error, too_large};
-use query::{DirRow, META_COLS, MetaRow, clash_check, eq_id, marks, object_meta};
+use query::{DirRow, MetaRow, clash_check, eq_id, marks, object_meta};
+use side::Side;
 
 use super::{
     Attrs, DirMeta, GetResult, ListPage, Node, ObjectMeta, Store, StoreError, StoreResult, join_key,
@@ -52,6 +57,7 @@ pub struct SqlStore {
     pool: Pool,
     t: Tables,
     describe: String,
+    side: Arc<Side>,
 }
 
 /// Everything needed to connect.
@@ -104,6 +110,7 @@ impl SqlStore {
             pool,
             t: cfg.tables,
             describe,
+            side: Arc::new(Side::default()),
         };
         let check = async {
             let mut conn = store.pool.get_conn().await?;
@@ -112,6 +119,9 @@ impl SqlStore {
                     .await?;
             }
             let packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
+            (store.side)
+                .setup(&store.t, &mut conn, &url.database, &url.user)
+                .await;
             Ok::<_, mysql_async::Error>(packet.unwrap_or(0))
         };
         let packet = match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
@@ -128,11 +138,37 @@ impl SqlStore {
             }
         };
         tracing::info!(store = %store.describe, max_allowed_packet = packet, "connected");
+        store.sweep_side_table();
         Ok(store)
     }
 
     pub fn tables(&self) -> &Tables {
         &self.t
+    }
+
+    /// In the background: drop the side table's entries of rows that are
+    /// gone (Magento deletes rows, and a directory's delete cascades to its
+    /// files, without knowing of the side table).
+    fn sweep_side_table(&self) {
+        if !self.side.on() {
+            return;
+        }
+        let (pool, t, side) = (self.pool.clone(), self.t.clone(), self.side.clone());
+        tokio::spawn(async move {
+            let swept = async {
+                let mut c = pool.get_conn().await?;
+                side.sweep(&t, &mut c).await
+            };
+            match swept.await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(table = %t.meta, entries = n, "dropped entries of deleted rows")
+                }
+                Err(e) => {
+                    tracing::debug!(table = %t.meta, error = %e.into_store("side table sweep"), "side table not swept")
+                }
+            }
+        });
     }
 
     async fn conn(&self, what: &str) -> StoreResult<mysql_async::Conn> {
@@ -197,19 +233,20 @@ impl SqlStore {
                     _ => return Err(StoreError::Other(format!("bad page token {tok:?}")).into()),
                 },
             };
+            let mut hashed = Vec::new();
             if let Some(after) = files_after {
-                let mut params = Vec::new();
-                let cond = eq_id("directory_id", dir_id, &mut params);
-                let sql = format!("SELECT filename, {META_COLS} FROM {} WHERE {cond}", t.files);
-                let sql = page_of(sql, "filename", after, &mut params);
-                let rows: Vec<(String, i64, u64, String)> = c.exec(sql, params).await?;
-                for (name, time, len, md5) in rows.into_iter().take(PAGE) {
-                    page.files
-                        .push(object_meta(&join_key(dir, &name), &(time, len, md5)));
+                let listed = self
+                    .files_with_meta(&mut c, dir_id, after.as_deref(), Some(PAGE), &mut hashed)
+                    .await?;
+                for (name, row) in listed.files {
+                    page.files.push(object_meta(&join_key(dir, &name), &row));
                 }
-                if page.files.len() == PAGE {
-                    let last = &page.files[PAGE - 1].key;
-                    page.next = Some(format!("f/{}", split_key(last).1));
+                // A full page says "ask again" (the next may be empty).
+                if listed.seen == PAGE
+                    && let Some(last) = listed.last
+                {
+                    page.next = Some(format!("f/{last}"));
+                    self.record_later(c, hashed);
                     return Ok(page);
                 }
             }
@@ -235,6 +272,7 @@ impl SqlStore {
                 let last = &page.dirs[PAGE - 1].key;
                 page.next = Some(format!("d/{}", split_key(last).1));
             }
+            self.record_later(c, hashed);
             Ok(page)
         })
         .await
@@ -252,19 +290,17 @@ impl SqlStore {
             for d in t.subdirs(&mut c, dir_id).await? {
                 dirs.push((Some(d.id), rebase_row(&d, dir)));
             }
+            let mut hashed = Vec::new();
             for (id, key) in dirs {
-                let mut params = Vec::new();
-                let cond = eq_id("directory_id", id, &mut params);
-                let sql = format!(
-                    "SELECT filename, {META_COLS} FROM {} WHERE {cond} ORDER BY filename",
-                    t.files
-                );
-                let rows: Vec<(String, i64, u64, String)> = c.exec(sql, params).await?;
-                for (name, time, len, md5) in rows {
-                    page.files
-                        .push(object_meta(&join_key(&key, &name), &(time, len, md5)));
+                for (name, row) in self
+                    .files_with_meta(&mut c, id, None, None, &mut hashed)
+                    .await?
+                    .files
+                {
+                    page.files.push(object_meta(&join_key(&key, &name), &row));
                 }
             }
+            self.record_later(c, hashed);
             page.files.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(page)
         })
@@ -330,11 +366,14 @@ impl Store for SqlStore {
         if key.is_empty() || check_key(key).is_err() {
             return Ok(None);
         }
-        let t = &self.t;
         self.read(key, |mut c| async move {
-            Ok(t.file(&mut c, key)
-                .await?
-                .map(|(_, row)| object_meta(key, &row)))
+            Ok(match self.file_checked(&mut c, key).await? {
+                Some((_, row, pending)) => {
+                    self.record_later(c, pending.into_iter().collect());
+                    Some(object_meta(key, &row))
+                }
+                None => None,
+            })
         })
         .await
     }
@@ -348,7 +387,8 @@ impl Store for SqlStore {
         }
         let t = &self.t;
         self.read(key, |mut c| async move {
-            if let Some((_, row)) = t.file(&mut c, key).await? {
+            if let Some((_, row, pending)) = self.file_checked(&mut c, key).await? {
+                self.record_later(c, pending.into_iter().collect());
                 return Ok(Some(Node::File(object_meta(key, &row))));
             }
             Ok(t.dir(&mut c, key, false)
@@ -468,7 +508,7 @@ impl Store for SqlStore {
                         .await?;
                 }
             }
-            let (_, row) = t.file(&mut tx, key).await?.ok_or(StoreError::NotFound)?;
+            let row = self.written(&mut tx, key).await?;
             Ok((tx, object_meta(key, &row)))
         })
         .await
@@ -488,6 +528,7 @@ impl Store for SqlStore {
             if let Some((id, _)) = rows.iter().find(|r| r.1 == name) {
                 let sql = format!("DELETE FROM {} WHERE file_id = ?", t.files);
                 tx.exec_drop(sql, (*id,)).await?;
+                self.side.forget(t, &mut tx, *id).await?;
             }
             Ok((tx, ()))
         })
@@ -524,6 +565,7 @@ impl Store for SqlStore {
             if let Some(old) = target.existing {
                 let sql = format!("DELETE FROM {} WHERE file_id = ?", t.files);
                 tx.exec_drop(sql, (old,)).await?;
+                self.side.forget(t, &mut tx, old).await?;
             }
             let sql = format!(
                 "INSERT INTO {f} (content, upload_time, filename, directory_id, directory) \
@@ -532,7 +574,7 @@ impl Store for SqlStore {
             );
             tx.exec_drop(sql, (&target.name, target.dir_id, &target.dir, src))
                 .await?;
-            let (_, row) = t.file(&mut tx, to).await?.ok_or(StoreError::NotFound)?;
+            let row = self.written(&mut tx, to).await?;
             Ok((tx, object_meta(to, &row)))
         })
         .await
@@ -613,6 +655,7 @@ impl Store for SqlStore {
             if let Some(old) = target.existing {
                 let sql = format!("DELETE FROM {} WHERE file_id = ?", t.files);
                 tx.exec_drop(sql, (old,)).await?;
+                self.side.forget(t, &mut tx, old).await?;
             }
             // Magento's rename: a new filename and directory, same row.
             let sql = format!(
