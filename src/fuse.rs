@@ -119,18 +119,9 @@ enum Target {
 
 impl Target {
     fn describe(&self, core: &Core) -> String {
-        let path = |ino| core.describe_ino(ino);
         match self {
-            Target::Node(ino) => path(*ino),
-            Target::Entry(parent, name) => {
-                let dir = path(*parent);
-                let name = name.to_string_lossy();
-                if dir.is_empty() || dir == "/" {
-                    format!("/{name}")
-                } else {
-                    format!("{dir}/{name}")
-                }
-            }
+            Target::Node(ino) => core.describe_ino(*ino),
+            Target::Entry(parent, name) => core.describe_entry(*parent, name),
             Target::Handle(fh) => core.describe_handle(*fh),
         }
     }

@@ -257,12 +257,6 @@ impl Core {
     /// promise is unchanged: what is served was confirmed by the store
     /// within the TTL.
     pub(crate) fn refresh_ahead(&self, ino: u64) {
-        let Some(me) = self.me.upgrade() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current()
-            .or_else(|_| self.runtime.get().cloned().ok_or(()))
-        else {
-            return;
-        };
         let (path, since) = {
             let mut t = self.inodes.lock().unwrap();
             let epoch = t.epoch();
@@ -276,6 +270,18 @@ impl Core {
             }
             i.refreshing = true;
             (i.path.clone(), epoch)
+        };
+        // Only now, on the rare open that starts a refresh: the usual open
+        // of a hot file stops at the check above.
+        let me = self.me.upgrade();
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.get().cloned());
+        let (Some(me), Some(rt)) = (me, rt) else {
+            if let Some(i) = self.inodes.lock().unwrap().get_mut(ino) {
+                i.refreshing = false;
+            }
+            return;
         };
         rt.spawn(async move {
             let result = me.store.head(&path).await;
@@ -343,6 +349,15 @@ impl Core {
         match self.inodes.lock().unwrap().get(ino) {
             Some(i) => format!("/{}", i.path),
             None => format!("(inode {ino}, forgotten)"),
+        }
+    }
+
+    /// The path of `name` in directory `parent`, for log lines.
+    pub fn describe_entry(&self, parent: u64, name: &OsStr) -> String {
+        let name = name.to_string_lossy();
+        match self.inodes.lock().unwrap().get(parent) {
+            Some(dir) => format!("/{}", join_key(&dir.path, &name)),
+            None => format!("(inode {parent}, forgotten)/{name}"),
         }
     }
 
