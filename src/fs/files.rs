@@ -96,13 +96,15 @@ impl Core {
     }
 
     /// Take the attributes an answer of the store carried for a version we
-    /// already know (nothing is learnt of another version, nor over local
-    /// changes).
+    /// know only from a listing. Nothing is learnt of another version, and
+    /// attributes already known are kept: they are as new as the answer or
+    /// newer (a chmod here keeps an S3 object's ETag, and the download's GET
+    /// may have been sent before it).
     fn learn(&self, answer: &ObjectMeta) {
         let mut t = self.inodes.lock().unwrap();
-        let known = t
-            .by_path(&answer.key)
-            .is_some_and(|i| i.object.as_ref().map(|o| &o.version) == Some(&answer.version));
+        let known = t.by_path(&answer.key).is_some_and(|i| {
+            !i.attrs_known && i.object.as_ref().map(|o| &o.version) == Some(&answer.version)
+        });
         if known {
             t.upsert(
                 &answer.key,
