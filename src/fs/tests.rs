@@ -666,6 +666,23 @@ async fn hot_files_are_revalidated_ahead_of_their_ttl() {
     f.store.insert("hot.jpg", b"v1");
     let ino = f.core.lookup(ROOT_INO, os("hot.jpg")).await.unwrap().ino;
     assert_eq!(f.read_all(ino).await.unwrap(), b"v1");
+    // The download is put into the cache just after its reader's release.
+    let meta = f
+        .core
+        .inodes
+        .lock()
+        .unwrap()
+        .get(ino)
+        .unwrap()
+        .object
+        .clone()
+        .unwrap();
+    for _ in 0..100 {
+        if f.core.cache.contains(&meta) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let open_known = |f: &Fixture| {
         let o = f.core.open_known(ino, libc::O_RDONLY)?.ok()?;
         f.core.release_reader(o.fh);
