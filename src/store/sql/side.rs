@@ -31,7 +31,11 @@ use mysql_async::{Conn, Value};
 
 use super::SqlStore;
 use super::config::{Tables, split_key};
-use super::error::{ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, Fail, Res};
+use super::error::{
+    ER_BAD_FIELD, ER_COLUMNACCESS_DENIED, ER_DBACCESS_DENIED, ER_LOCK_DEADLOCK,
+    ER_LOCK_WAIT_TIMEOUT, ER_NO_SUCH_TABLE, ER_READ_ONLY, ER_READ_ONLY_TX, ER_TABLEACCESS_DENIED,
+    Fail, Res,
+};
 use super::query::{MetaRow, eq_id, marks};
 use crate::store::StoreError;
 
@@ -43,14 +47,6 @@ pub const SETTLE_SECS: i64 = 60;
 
 /// Rows hashed or entries written per statement.
 const BATCH: usize = 1000;
-
-const ER_DBACCESS_DENIED: u16 = 1044;
-const ER_TABLEACCESS_DENIED: u16 = 1142;
-const ER_COLUMNACCESS_DENIED: u16 = 1143;
-const ER_BAD_FIELD: u16 = 1054;
-const ER_NO_SUCH_TABLE: u16 = 1146;
-const ER_READ_ONLY: u16 = 1290;
-const ER_READ_ONLY_TX: u16 = 1792;
 
 /// "The entry is settled", over the side table as `m`; binds `SETTLE_SECS` twice.
 const SETTLED: &str = "(m.last_hashed >= m.upload_time + ? OR m.last_hashed >= m.first_hashed + ?)";
