@@ -561,10 +561,15 @@ fn failures_are_logged_with_their_path_and_counted_by_errno() {
         sample(r#"mediafs_fuse_failures_total{op="lookup",errno="ENOENT"}"#),
         0.0
     );
+    // At least the close's flush; another is possible and right: a process
+    // the test harness forks for a parallel test holds a copy of the
+    // descriptor until its exec closes it, and that close flushes too.
+    let flush_eio = sample(r#"mediafs_fuse_failures_total{op="flush",errno="EIO"}"#);
+    assert!(flush_eio >= 1.0, "{text}");
     assert_eq!(
-        sample(r#"mediafs_fuse_failures_total{op="flush",errno="EIO"}"#),
-        1.0,
-        "{text}"
+        flush_eio,
+        sample(r#"mediafs_fuse_errors_total{op="flush",errno="EIO"}"#),
+        "every failed flush counted as a failure: {text}"
     );
     let log = m.log();
     let line = log
